@@ -1,0 +1,275 @@
+//! Types shared by the kernel programs and the `bindsto` agent.
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel side writes it into maps and the
+//! ring buffer, userspace reads the same bytes back. With the `user` feature the types implement
+//! `aya::Pod` so they can be used as map keys and values.
+#![no_std]
+
+/// Length of the path strings a mount-family syscall records at entry (bytes, NUL included).
+pub const PATH_LEN: usize = 128;
+/// Length of the filesystem type string recorded at entry.
+pub const FSTYPE_LEN: usize = 32;
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+
+/// Capacity of the in-flight block request map. Sized for a busy host; inserts that fail when
+/// it is full are counted in [`Stat::RqMapFull`], never silently dropped.
+pub const RQ_MAP_ENTRIES: u32 = 65_536;
+/// Capacity of the in-flight mount-call map (one entry per thread inside a mount syscall).
+pub const MOUNT_MAP_ENTRIES: u32 = 8_192;
+/// Ring buffer size in bytes (power of two, multiple of the page size).
+pub const RINGBUF_BYTES: u32 = 256 * 1024;
+
+/// A tracepoint field whose offset userspace reads from tracefs and hands to the programs.
+///
+/// The discriminant is the index into [`Offsets::off`]. Offsets are never compiled in: block
+/// layouts moved twice between 6.1 and 6.18 (ioprio, rwbs length).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    ShutdownDev = 0,
+    ShutdownPtag,
+    ShutdownFlags,
+    BufIoerrorDev,
+    BufIoerrorError,
+    AilAbortDev,
+    FsCorruptDev,
+    FsCorruptFlags,
+    InodeCorruptDev,
+    InodeCorruptIno,
+    InodeCorruptFlags,
+    GroupCorruptDev,
+    GroupCorruptFlags,
+    RqIssueDev,
+    RqIssueSector,
+    RqIssueNrSector,
+    RqCompleteDev,
+    RqCompleteSector,
+    RqCompleteNrSector,
+    RqCompleteError,
+    RqErrorDev,
+    RqErrorSector,
+    RqErrorError,
+    RqRequeueDev,
+    RqRequeueSector,
+    MountDevName,
+    MountDirName,
+    MountType,
+    UmountName,
+    FsopenFsName,
+    FsconfigCmd,
+    MoveMountToPathname,
+    OpenTreeFilename,
+    MountSetattrPath,
+}
+
+/// Number of [`Field`] variants.
+pub const FIELD_COUNT: usize = Field::MountSetattrPath as usize + 1;
+
+/// Offsets of every [`Field`] plus behaviour flags; one entry in the `OFFSETS` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Offsets {
+    pub off: [u16; FIELD_COUNT],
+    pub flags: u32,
+}
+
+impl Offsets {
+    pub const fn new() -> Self {
+        Self {
+            off: [0; FIELD_COUNT],
+            flags: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn get(&self, f: Field) -> usize {
+        self.off[f as usize] as usize
+    }
+
+    pub fn set(&mut self, f: Field, offset: u16) {
+        self.off[f as usize] = offset;
+    }
+}
+
+impl Default for Offsets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `Offsets::flags`: the kernel has no `block:block_rq_error`, so `block_rq_complete` reports
+/// errors itself (5.10). When the error tracepoint exists, completion must not report them too.
+pub const FLAG_ERRORS_FROM_COMPLETE: u32 = 1 << 0;
+
+/// Kinds of discrete events sent through the ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    XfsShutdown = 1,
+    XfsBufIoError = 2,
+    XfsAilAbort = 3,
+    XfsFsCorrupt = 4,
+    XfsInodeCorrupt = 5,
+    XfsGroupCorrupt = 6,
+    BlockError = 7,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::XfsShutdown,
+            2 => Self::XfsBufIoError,
+            3 => Self::XfsAilAbort,
+            4 => Self::XfsFsCorrupt,
+            5 => Self::XfsInodeCorrupt,
+            6 => Self::XfsGroupCorrupt,
+            7 => Self::BlockError,
+            _ => return None,
+        })
+    }
+}
+
+/// One discrete event. `dev` is the kernel `dev_t` encoding (major << 20 | minor).
+///
+/// Field use per kind: `code` is the errno (negative) for errors and the ptag for shutdowns;
+/// `flags` the shutdown or sickness flags; `arg` the sector (block) or inode (XFS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    pub kind: u32,
+    pub dev: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub code: i32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub arg: u64,
+}
+
+/// Key of an in-flight block request. Tracepoints do not expose the request pointer, so a
+/// request is identified by its whole-disk device and start sector, as biolatency does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RqKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub sector: u64,
+}
+
+/// Value of an in-flight block request. `count` covers several requests with the same key in
+/// flight at once (flushes all have sector 0); `start_ns` is the oldest one's issue time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RqVal {
+    pub start_ns: u64,
+    pub count: u32,
+    pub nr_sector: u32,
+}
+
+/// Mount-family syscalls tracked while in flight.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Mount = 1,
+    Umount = 2,
+    Fsopen = 3,
+    Fsconfig = 4,
+    Fsmount = 5,
+    MoveMount = 6,
+    OpenTree = 7,
+    MountSetattr = 8,
+}
+
+impl Syscall {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Mount,
+            2 => Self::Umount,
+            3 => Self::Fsopen,
+            4 => Self::Fsconfig,
+            5 => Self::Fsmount,
+            6 => Self::MoveMount,
+            7 => Self::OpenTree,
+            8 => Self::MountSetattr,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mount => "mount",
+            Self::Umount => "umount",
+            Self::Fsopen => "fsopen",
+            Self::Fsconfig => "fsconfig",
+            Self::Fsmount => "fsmount",
+            Self::MoveMount => "move_mount",
+            Self::OpenTree => "open_tree",
+            Self::MountSetattr => "mount_setattr",
+        }
+    }
+}
+
+/// A mount-family syscall in flight, keyed by `pid_tgid` in the `MOUNT_CALLS` map. Strings are
+/// NUL-terminated and read from user memory at entry (empty when the page was not resident).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MountCall {
+    pub start_ns: u64,
+    pub tgid: u32,
+    pub syscall: u32,
+    pub comm: [u8; COMM_LEN],
+    pub source: [u8; PATH_LEN],
+    pub target: [u8; PATH_LEN],
+    pub fstype: [u8; FSTYPE_LEN],
+}
+
+impl MountCall {
+    pub const fn zeroed() -> Self {
+        Self {
+            start_ns: 0,
+            tgid: 0,
+            syscall: 0,
+            comm: [0; COMM_LEN],
+            source: [0; PATH_LEN],
+            target: [0; PATH_LEN],
+            fstype: [0; FSTYPE_LEN],
+        }
+    }
+}
+
+/// Indexes of the per-CPU `STATS` counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Ring buffer full: an event was dropped.
+    EventsLost = 0,
+    /// Block request map full: a request is not tracked.
+    RqMapFull = 1,
+    /// Mount call map full: a call is not tracked.
+    MountMapFull = 2,
+}
+
+pub const STAT_COUNT: u32 = 4;
+
+/// Names of the maps, shared so userspace and kernel cannot drift apart.
+pub mod maps {
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const RQ_INFLIGHT: &str = "RQ_INFLIGHT";
+    pub const MOUNT_CALLS: &str = "MOUNT_CALLS";
+    pub const STATS: &str = "STATS";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding fields and no
+    // pointers; every bit pattern is valid.
+    unsafe impl aya::Pod for Offsets {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for RqKey {}
+    unsafe impl aya::Pod for RqVal {}
+    unsafe impl aya::Pod for MountCall {}
+}

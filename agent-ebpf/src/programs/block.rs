@@ -1,0 +1,132 @@
+//! Block requests: in-flight tracking (issue -> complete) and errors.
+
+use agent_ebpf::{EventKind, FLAG_ERRORS_FROM_COMPLETE, Field, RqKey, RqVal, Stat};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+
+use super::{RQ_INFLIGHT, count, emit, offsets};
+
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+#[tracepoint]
+pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
+    let _ = try_issue(&ctx);
+    0
+}
+
+fn try_issue(ctx: &TracePointContext) -> Result<(), i32> {
+    let o = offsets().ok_or(0)?;
+    // SAFETY: offsets come from this tracepoint's format file.
+    let (dev, sector, nr_sector) = unsafe {
+        (
+            ctx.read_at::<u32>(o.get(Field::RqIssueDev))?,
+            ctx.read_at::<u64>(o.get(Field::RqIssueSector))?,
+            ctx.read_at::<u32>(o.get(Field::RqIssueNrSector))?,
+        )
+    };
+    let key = RqKey {
+        dev,
+        _pad: 0,
+        sector,
+    };
+    if let Some(v) = RQ_INFLIGHT.get_ptr_mut(key) {
+        // Another request with the same key (a flush) is in flight: keep the oldest start.
+        // SAFETY: map value pointer; a lost update only leaks an entry, which the scanner's
+        // sysfs cross-check removes.
+        unsafe { (*v).count = (*v).count.saturating_add(1) };
+        return Ok(());
+    }
+    let val = RqVal {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        count: 1,
+        nr_sector,
+    };
+    if RQ_INFLIGHT.insert(key, val, BPF_NOEXIST).is_err() {
+        count(Stat::RqMapFull);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
+    let _ = try_complete(&ctx);
+    0
+}
+
+fn try_complete(ctx: &TracePointContext) -> Result<(), i32> {
+    let o = offsets().ok_or(0)?;
+    // SAFETY: offsets come from this tracepoint's format file.
+    let (dev, sector) = unsafe {
+        (
+            ctx.read_at::<u32>(o.get(Field::RqCompleteDev))?,
+            ctx.read_at::<u64>(o.get(Field::RqCompleteSector))?,
+        )
+    };
+    done(dev, sector);
+    if o.flags & FLAG_ERRORS_FROM_COMPLETE != 0 {
+        // SAFETY: as above.
+        let error = unsafe { ctx.read_at::<i32>(o.get(Field::RqCompleteError))? };
+        if error != 0 {
+            emit(EventKind::BlockError, dev, error, 0, sector);
+        }
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn block_rq_error(ctx: TracePointContext) -> u32 {
+    let _ = try_error(&ctx);
+    0
+}
+
+fn try_error(ctx: &TracePointContext) -> Result<(), i32> {
+    let o = offsets().ok_or(0)?;
+    // SAFETY: offsets come from this tracepoint's format file.
+    let (dev, sector, error) = unsafe {
+        (
+            ctx.read_at::<u32>(o.get(Field::RqErrorDev))?,
+            ctx.read_at::<u64>(o.get(Field::RqErrorSector))?,
+            ctx.read_at::<i32>(o.get(Field::RqErrorError))?,
+        )
+    };
+    emit(EventKind::BlockError, dev, error, 0, sector);
+    Ok(())
+}
+
+/// A requeued request leaves the driver; it is issued again later with a fresh start time.
+#[tracepoint]
+pub fn block_rq_requeue(ctx: TracePointContext) -> u32 {
+    if let Some(o) = offsets() {
+        // SAFETY: offsets come from this tracepoint's format file.
+        let read = unsafe {
+            (
+                ctx.read_at::<u32>(o.get(Field::RqRequeueDev)),
+                ctx.read_at::<u64>(o.get(Field::RqRequeueSector)),
+            )
+        };
+        if let (Ok(dev), Ok(sector)) = read {
+            done(dev, sector);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn done(dev: u32, sector: u64) {
+    let key = RqKey {
+        dev,
+        _pad: 0,
+        sector,
+    };
+    if let Some(v) = RQ_INFLIGHT.get_ptr_mut(key) {
+        // SAFETY: map value pointer, see `try_issue`.
+        unsafe {
+            if (*v).count > 1 {
+                (*v).count -= 1;
+                return;
+            }
+        }
+        let _ = RQ_INFLIGHT.remove(key);
+    }
+}

@@ -1,0 +1,76 @@
+//! Maps shared by all programs and the helpers they use to read them.
+
+mod block;
+mod mounts;
+mod xfs;
+
+use agent_ebpf::{
+    Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets, RINGBUF_BYTES, RQ_MAP_ENTRIES,
+    RqKey, RqVal, STAT_COUNT, Stat,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+
+/// Tracepoint field offsets, written once by userspace before any program is attached.
+#[map(name = "OFFSETS")]
+static OFFSETS: Array<Offsets> = Array::with_max_entries(1, 0);
+
+/// Discrete events (shutdowns, errors) for userspace to decode.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
+
+/// Block requests in flight. A plain hash, not LRU: an LRU would evict exactly the stuck
+/// request we are looking for.
+#[map(name = "RQ_INFLIGHT")]
+static RQ_INFLIGHT: HashMap<RqKey, RqVal> = HashMap::with_max_entries(RQ_MAP_ENTRIES, 0);
+
+/// Mount-family syscalls in flight, keyed by pid_tgid.
+#[map(name = "MOUNT_CALLS")]
+static MOUNT_CALLS: HashMap<u64, MountCall> = HashMap::with_max_entries(MOUNT_MAP_ENTRIES, 0);
+
+/// Scratch space to build a `MountCall` (320 bytes would not fit the 512-byte BPF stack
+/// alongside everything else).
+#[map(name = "MOUNT_SCRATCH")]
+static MOUNT_SCRATCH: PerCpuArray<MountCall> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counters for things the kernel side had to drop; see `Stat`.
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+#[inline(always)]
+fn offsets() -> Option<&'static Offsets> {
+    OFFSETS.get(0)
+}
+
+#[inline(always)]
+fn count(stat: Stat) {
+    if let Some(p) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot; programs do not nest on one CPU for these tracepoints.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Sends one event; a full ring buffer is counted, never waited for.
+#[inline(always)]
+fn emit(kind: EventKind, dev: u32, code: i32, flags: u32, arg: u64) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                kind: kind as u32,
+                dev,
+                // SAFETY: helper without arguments.
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                code,
+                flags,
+                _pad: 0,
+                arg,
+            });
+            entry.submit(0);
+        }
+        None => count(Stat::EventsLost),
+    }
+}
