@@ -1,0 +1,1 @@
+//! tracefs format files.

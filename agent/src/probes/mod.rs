@@ -1,0 +1,3 @@
+//! Loading and attaching the kernel programs.
+
+pub mod format;

@@ -1,0 +1,1 @@
+//! Mounts and block devices.
