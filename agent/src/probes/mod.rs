@@ -1,3 +1,32 @@
-//! Loading and attaching the kernel programs.
+//! Loading and attaching the kernel programs, and the tracefs layouts they depend on.
 
 pub mod format;
+pub mod loader;
+pub mod spec;
+
+pub use loader::{Loaded, Maps, ProbeState, ProbeStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the kernel object is empty: this binary was built with AYA_BUILD_SKIP")]
+    NoObject,
+    #[error("loading the kernel object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("map {0} missing from the kernel object")]
+    MissingMap(&'static str),
+    #[error("program {0} missing from the kernel object")]
+    MissingProgram(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("writing the offsets map: {0}")]
+    Offsets(#[from] aya::maps::MapError),
+    #[error("{0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("tracefs: {0}")]
+    Format(#[from] format::FormatError),
+    #[error("{event} has no field `{field}` (unexpected layout)")]
+    MissingField { event: String, field: &'static str },
+}

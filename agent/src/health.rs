@@ -1,0 +1,273 @@
+//! The health state machine: one per target (a mount, a block device, the mount subsystem).
+//!
+//! A target's state is derived from its active reasons: each signal has a severity for each
+//! kind of target, and the worst active one wins. Signals are raised by evidence (events,
+//! scans, probes) and cleared by evidence of recovery; `xfs_shutdown` is latched until the
+//! mount goes away, because XFS never recovers from a shutdown without an unmount.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    XfsShutdown,
+    IoErrors,
+    IoStall,
+    MountBlocked,
+    NfsStall,
+    FsFull,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 6] = [
+        Signal::XfsShutdown,
+        Signal::IoErrors,
+        Signal::IoStall,
+        Signal::MountBlocked,
+        Signal::NfsStall,
+        Signal::FsFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XfsShutdown => "xfs_shutdown",
+            Self::IoErrors => "io_errors",
+            Self::IoStall => "io_stall",
+            Self::MountBlocked => "mount_blocked",
+            Self::NfsStall => "nfs_stall",
+            Self::FsFull => "fs_full",
+        }
+    }
+
+    /// Latched signals stay until the target itself goes away.
+    pub fn latched(self) -> bool {
+        matches!(self, Self::XfsShutdown)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Healthy,
+    Degraded,
+    Failed,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Mount,
+    Device,
+    Subsystem,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mount => "mount",
+            Self::Device => "device",
+            Self::Subsystem => "subsystem",
+        }
+    }
+
+    /// What a signal does to a target of this kind. A mount whose disk is hung cannot serve
+    /// its users, so a stall fails the mount as well as the device; errors alone only
+    /// degrade it until XFS itself gives up (shutdown) or the device stalls.
+    pub fn severity(self, signal: Signal) -> State {
+        match (self, signal) {
+            (_, Signal::XfsShutdown | Signal::IoStall | Signal::NfsStall | Signal::MountBlocked) => {
+                State::Failed
+            }
+            (_, Signal::IoErrors | Signal::FsFull) => State::Degraded,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reason {
+    pub signal: Signal,
+    pub detail: String,
+    /// When this signal was first raised for the target (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::status::rfc3339")]
+    pub at: SystemTime,
+}
+
+/// A transition worth logging and counting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub kind: Kind,
+    pub id: String,
+    pub critical: bool,
+    reasons: BTreeMap<Signal, Reason>,
+    state: State,
+    since: SystemTime,
+}
+
+impl Target {
+    pub fn new(kind: Kind, id: impl Into<String>, critical: bool, now: SystemTime) -> Self {
+        Self {
+            kind,
+            id: id.into(),
+            critical,
+            reasons: BTreeMap::new(),
+            state: State::Healthy,
+            since: now,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// When the target entered its current state.
+    pub fn since(&self) -> SystemTime {
+        self.since
+    }
+
+    pub fn reasons(&self) -> impl Iterator<Item = &Reason> {
+        self.reasons.values()
+    }
+
+    pub fn has(&self, signal: Signal) -> bool {
+        self.reasons.contains_key(&signal)
+    }
+
+    /// Raises (or refreshes the detail of) a signal. The first-seen time is kept.
+    pub fn raise(&mut self, signal: Signal, detail: String, now: SystemTime) -> Option<Transition> {
+        self.reasons
+            .entry(signal)
+            .and_modify(|r| r.detail.clone_from(&detail))
+            .or_insert(Reason {
+                signal,
+                detail,
+                at: now,
+            });
+        self.recompute(now)
+    }
+
+    /// Clears a signal on evidence of recovery. Latched signals ignore this.
+    pub fn clear(&mut self, signal: Signal, now: SystemTime) -> Option<Transition> {
+        if signal.latched() {
+            return None;
+        }
+        self.reasons.remove(&signal)?;
+        self.recompute(now)
+    }
+
+    /// Sets a signal to match a level measured by a scan: raised when `active`, cleared
+    /// otherwise.
+    pub fn set(
+        &mut self,
+        signal: Signal,
+        active: bool,
+        detail: impl FnOnce() -> String,
+        now: SystemTime,
+    ) -> Option<Transition> {
+        if active {
+            self.raise(signal, detail(), now)
+        } else {
+            self.clear(signal, now)
+        }
+    }
+
+    fn recompute(&mut self, now: SystemTime) -> Option<Transition> {
+        let new = self
+            .reasons
+            .keys()
+            .map(|s| self.kind.severity(*s))
+            .max()
+            .unwrap_or(State::Healthy);
+        if new == self.state {
+            return None;
+        }
+        let t = Transition {
+            from: self.state,
+            to: new,
+        };
+        self.state = new;
+        self.since = now;
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH
+    }
+
+    #[test]
+    fn starts_healthy() {
+        let t = Target::new(Kind::Mount, "/m", true, now());
+        assert_eq!(t.state(), State::Healthy);
+        assert_eq!(t.reasons().count(), 0);
+    }
+
+    #[test]
+    fn shutdown_fails_and_is_latched() {
+        let mut t = Target::new(Kind::Mount, "/m", true, now());
+        let tr = t.raise(Signal::XfsShutdown, "x".into(), now());
+        assert_eq!(
+            tr,
+            Some(Transition {
+                from: State::Healthy,
+                to: State::Failed
+            })
+        );
+        assert_eq!(t.clear(Signal::XfsShutdown, now()), None);
+        assert_eq!(t.state(), State::Failed);
+    }
+
+    #[test]
+    fn worst_reason_wins_and_recovery_returns_to_healthy() {
+        let mut t = Target::new(Kind::Device, "loop0", false, now());
+        t.raise(Signal::IoErrors, "1 error".into(), now());
+        assert_eq!(t.state(), State::Degraded);
+        t.raise(Signal::IoStall, "31s".into(), now());
+        assert_eq!(t.state(), State::Failed);
+        t.clear(Signal::IoStall, now());
+        assert_eq!(t.state(), State::Degraded);
+        t.clear(Signal::IoErrors, now());
+        assert_eq!(t.state(), State::Healthy);
+    }
+
+    #[test]
+    fn refresh_keeps_first_seen_and_updates_detail() {
+        let mut t = Target::new(Kind::Subsystem, "mount", true, now());
+        let t0 = now();
+        let t1 = t0 + std::time::Duration::from_secs(5);
+        t.raise(Signal::MountBlocked, "a".into(), t0);
+        assert_eq!(t.raise(Signal::MountBlocked, "b".into(), t1), None);
+        let r = t.reasons().next().unwrap();
+        assert_eq!((r.detail.as_str(), r.at), ("b", t0));
+    }
+
+    #[test]
+    fn set_follows_level() {
+        let mut t = Target::new(Kind::Mount, "/m", false, now());
+        t.set(Signal::FsFull, true, || "96%".into(), now());
+        assert_eq!(t.state(), State::Degraded);
+        t.set(Signal::FsFull, false, String::new, now());
+        assert_eq!(t.state(), State::Healthy);
+    }
+}

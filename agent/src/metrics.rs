@@ -1,0 +1,237 @@
+//! Prometheus metrics (OpenMetrics text from prometheus-client). The families are cheap
+//! handles: the engine updates them, the HTTP handler encodes the registry.
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub kind: String,
+    pub target: String,
+    pub critical: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub target_healthy: Family<TargetLabels, Gauge>,
+    pub xfs_shutdowns: Family<DeviceLabels, Counter>,
+    pub block_io_errors: Family<DeviceLabels, Counter>,
+    pub inflight_oldest: Family<DeviceLabels, GaugeF>,
+    pub inflight_requests: Family<DeviceLabels, Gauge>,
+    pub mount_calls_blocked: Gauge,
+    pub mount_call_oldest_blocked: GaugeF,
+    pub remediations: Family<ActionLabels, Counter>,
+    pub events_lost: Counter,
+    pub events_decode_errors: Counter,
+    pub map_full: Family<MapLabels, Counter>,
+    pub probe_attached: Family<ProbeLabels, Gauge>,
+    pub confirm_probes: Family<OutcomeLabels, Counter>,
+    pub scans: Counter,
+    pub scan_duration: GaugeF,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("bindsto");
+        let m = Self {
+            registry: Arc::default(),
+            target_healthy: Family::default(),
+            xfs_shutdowns: Family::default(),
+            block_io_errors: Family::default(),
+            inflight_oldest: Family::default(),
+            inflight_requests: Family::default(),
+            mount_calls_blocked: Gauge::default(),
+            mount_call_oldest_blocked: GaugeF::default(),
+            remediations: Family::default(),
+            events_lost: Counter::default(),
+            events_decode_errors: Counter::default(),
+            map_full: Family::default(),
+            probe_attached: Family::default(),
+            confirm_probes: Family::default(),
+            scans: Counter::default(),
+            scan_duration: GaugeF::default(),
+        };
+        r.register(
+            "target_healthy",
+            "1 when the target (mount, device or subsystem) is healthy, 0 when degraded or failed",
+            m.target_healthy.clone(),
+        );
+        r.register(
+            "xfs_shutdowns",
+            "XFS shutdowns seen, by the filesystem's device",
+            m.xfs_shutdowns.clone(),
+        );
+        r.register(
+            "block_io_errors",
+            "Failed block requests, by whole disk",
+            m.block_io_errors.clone(),
+        );
+        r.register(
+            "block_inflight_oldest_seconds",
+            "Age of the oldest block request in flight, by whole disk (0 when none)",
+            m.inflight_oldest.clone(),
+        );
+        r.register(
+            "block_inflight_requests",
+            "Block requests in flight according to /sys/block/<dev>/inflight",
+            m.inflight_requests.clone(),
+        );
+        r.register(
+            "mount_calls_blocked",
+            "Mount-family syscalls in flight longer than mount_blocked_after",
+            m.mount_calls_blocked.clone(),
+        );
+        r.register(
+            "mount_call_oldest_blocked_seconds",
+            "Age of the oldest mount-family syscall in flight (0 when none)",
+            m.mount_call_oldest_blocked.clone(),
+        );
+        r.register(
+            "remediations",
+            "Remediation steps by action and outcome",
+            m.remediations.clone(),
+        );
+        r.register(
+            "events_lost",
+            "Kernel events dropped because the ring buffer was full",
+            m.events_lost.clone(),
+        );
+        r.register(
+            "events_decode_errors",
+            "Kernel event records that could not be decoded",
+            m.events_decode_errors.clone(),
+        );
+        r.register(
+            "map_full",
+            "Operations not tracked because a kernel map was full",
+            m.map_full.clone(),
+        );
+        r.register(
+            "probe_attached",
+            "1 when the tracepoint is attached, 0 when missing or failed",
+            m.probe_attached.clone(),
+        );
+        r.register(
+            "confirm_probes",
+            "Off-thread statx/statfs probes of mounts, by outcome",
+            m.confirm_probes.clone(),
+        );
+        r.register("scans", "Scanner passes completed", m.scans.clone());
+        r.register(
+            "scan_duration_seconds",
+            "Duration of the last scanner pass",
+            m.scan_duration.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        r.register("build_info", "Build information", build_info);
+        Self {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn target_labels(kind: &str, target: &str, critical: bool) -> TargetLabels {
+    TargetLabels {
+        kind: kind.to_string(),
+        target: target.to_string(),
+        critical: critical.to_string(),
+    }
+}
+
+pub fn device_labels(device: &str) -> DeviceLabels {
+    DeviceLabels {
+        device: device.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let m = Metrics::new();
+        m.target_healthy
+            .get_or_create(&target_labels("mount", "/x", true))
+            .set(1);
+        m.block_io_errors.get_or_create(&device_labels("loop0")).inc();
+        m.inflight_oldest.get_or_create(&device_labels("loop0")).set(1.5);
+        m.probe_attached
+            .get_or_create(&ProbeLabels {
+                probe: "xfs:xfs_force_shutdown".into(),
+            })
+            .set(1);
+        let text = m.encode();
+        for needle in [
+            "bindsto_target_healthy{kind=\"mount\",target=\"/x\",critical=\"true\"} 1",
+            "bindsto_block_io_errors_total{device=\"loop0\"} 1",
+            "bindsto_block_inflight_oldest_seconds{device=\"loop0\"} 1.5",
+            "bindsto_mount_calls_blocked 0",
+            "bindsto_mount_call_oldest_blocked_seconds 0.0",
+            "bindsto_events_lost_total 0",
+            "bindsto_probe_attached{probe=\"xfs:xfs_force_shutdown\"} 1",
+            "bindsto_build_info{version=",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

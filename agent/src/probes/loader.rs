@@ -1,0 +1,249 @@
+//! Loads the embedded kernel object, fills in tracefs field offsets and attaches every program
+//! whose tracepoint exists on the running kernel. A missing tracepoint is skipped with a
+//! warning and reported; the rest runs.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
+
+use agent_ebpf::{FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RqKey, RqVal, maps};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use super::{
+    ProbeError, format,
+    spec::{PROGRAMS, ProgramSpec, Tracepoint},
+};
+
+/// The kernel object built by `build.rs` from `agent-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindsto"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeState {
+    Attached,
+    /// The tracepoint does not exist on this kernel (or its module is not loaded yet).
+    Missing,
+    /// It exists but could not be used (unexpected layout, verifier or attach error).
+    Failed,
+}
+
+/// What happened to one tracepoint; shown by `doctor`, `/status` and the metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeStatus {
+    pub probe: String,
+    pub program: &'static str,
+    pub state: ProbeState,
+    pub detail: String,
+}
+
+/// Map handles taken out of the object, used by the event reader and the scanner.
+pub struct Maps {
+    pub events: RingBuf<MapData>,
+    pub rq_inflight: HashMap<MapData, RqKey, RqVal>,
+    pub mount_calls: HashMap<MapData, u64, MountCall>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// The loaded object; kept alive for as long as programs should stay attached. Dropping it
+/// detaches everything (nothing is pinned, so a dead agent leaves nothing behind).
+pub struct Loaded {
+    ebpf: Ebpf,
+    offsets_map: Array<MapData, Offsets>,
+    offsets: Offsets,
+    loaded_programs: HashSet<&'static str>,
+    tracefs: PathBuf,
+    status: Vec<ProbeStatus>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Raises the locked-memory limit for kernels that still charge BPF memory to it (< 5.11).
+/// On newer kernels BPF memory is charged to the cgroup and this may fail harmlessly.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!(
+            error = %std::io::Error::last_os_error(),
+            "setrlimit(RLIMIT_MEMLOCK) failed; fine on kernels >= 5.11"
+        );
+    }
+}
+
+impl Loaded {
+    /// Loads the object and attaches what the running kernel supports.
+    pub fn load(tracefs: &Path) -> Result<(Self, Maps), ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        raise_memlock();
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        let maps = Maps {
+            events: take(&mut ebpf, maps::EVENTS)?,
+            rq_inflight: take(&mut ebpf, maps::RQ_INFLIGHT)?,
+            mount_calls: take(&mut ebpf, maps::MOUNT_CALLS)?,
+            stats: take(&mut ebpf, maps::STATS)?,
+        };
+        let offsets_map = take(&mut ebpf, maps::OFFSETS)?;
+        let mut loaded = Self {
+            ebpf,
+            offsets_map,
+            offsets: Offsets::new(),
+            loaded_programs: HashSet::new(),
+            tracefs: tracefs.to_path_buf(),
+            status: Vec::new(),
+        };
+        loaded.attach_missing()?;
+        Ok((loaded, maps))
+    }
+
+    pub fn status(&self) -> &[ProbeStatus] {
+        &self.status
+    }
+
+    /// Attaches every tracepoint not attached yet (a module such as xfs or sunrpc may load
+    /// after the agent started). Returns true when something new was attached.
+    pub fn attach_missing(&mut self) -> Result<bool, ProbeError> {
+        let previous: HashSet<String> = self
+            .status
+            .iter()
+            .filter(|s| s.state == ProbeState::Attached)
+            .map(|s| s.probe.clone())
+            .collect();
+        // First resolve every layout, so the offsets are in the map before any program runs.
+        let mut ready: Vec<(&'static ProgramSpec, &'static Tracepoint, &'static str)> = Vec::new();
+        let mut status = Vec::new();
+        let mut offsets = self.offsets;
+        for prog in PROGRAMS {
+            for tp in prog.tracepoints {
+                let probe = tp.probe_name();
+                if previous.contains(&probe) {
+                    status.push(ProbeStatus {
+                        probe,
+                        program: prog.program,
+                        state: ProbeState::Attached,
+                        detail: String::new(),
+                    });
+                    continue;
+                }
+                match self.resolve(tp, &mut offsets) {
+                    Ok(Some(event)) => ready.push((prog, tp, event)),
+                    Ok(None) => status.push(ProbeStatus {
+                        probe,
+                        program: prog.program,
+                        state: ProbeState::Missing,
+                        detail: "tracepoint not present on this kernel".into(),
+                    }),
+                    Err(e) => status.push(ProbeStatus {
+                        probe,
+                        program: prog.program,
+                        state: ProbeState::Failed,
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+        }
+        // Without block_rq_error (5.10), completions with an error are the only error signal.
+        let have_rq_error = ready
+            .iter()
+            .any(|(_, tp, _)| tp.event == "block_rq_error")
+            || previous.contains("block:block_rq_error");
+        if have_rq_error {
+            offsets.flags &= !FLAG_ERRORS_FROM_COMPLETE;
+        } else {
+            offsets.flags |= FLAG_ERRORS_FROM_COMPLETE;
+        }
+        self.offsets_map.set(0, offsets, 0)?;
+        self.offsets = offsets;
+
+        let mut changed = false;
+        for (prog, tp, event) in ready {
+            let probe = tp.probe_name();
+            match self.attach(prog.program, tp.system, event) {
+                Ok(()) => {
+                    info!(probe, event, "attached");
+                    changed = true;
+                    status.push(ProbeStatus {
+                        probe,
+                        program: prog.program,
+                        state: ProbeState::Attached,
+                        detail: String::new(),
+                    });
+                }
+                Err(e) => {
+                    warn!(probe, error = %e, "could not attach; continuing without it");
+                    status.push(ProbeStatus {
+                        probe,
+                        program: prog.program,
+                        state: ProbeState::Failed,
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        for s in &status {
+            let was_reported = self
+                .status
+                .iter()
+                .any(|old| old.probe == s.probe && old.state == s.state);
+            if s.state == ProbeState::Missing && !was_reported {
+                warn!(probe = %s.probe, "tracepoint missing on this kernel; skipped");
+            }
+        }
+        self.status = status;
+        Ok(changed)
+    }
+
+    /// Reads the tracepoint's format (or its fallback's) and records the field offsets.
+    /// Returns the event name that exists, or None when neither does.
+    fn resolve(
+        &self,
+        tp: &'static Tracepoint,
+        offsets: &mut Offsets,
+    ) -> Result<Option<&'static str>, ProbeError> {
+        for event in std::iter::once(tp.event).chain(tp.fallback) {
+            let Some(fmt) = format::read(&self.tracefs, tp.system, event)? else {
+                continue;
+            };
+            for (field, name) in tp.fields {
+                let f = fmt.field(name).ok_or_else(|| ProbeError::MissingField {
+                    event: format!("{}:{}", tp.system, event),
+                    field: name,
+                })?;
+                offsets.set(*field, f.offset);
+            }
+            return Ok(Some(event));
+        }
+        Ok(None)
+    }
+
+    fn attach(&mut self, program: &'static str, system: &str, event: &str) -> Result<(), ProbeError> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::MissingProgram(program))?
+            .try_into()?;
+        if !self.loaded_programs.contains(program) {
+            prog.load()?;
+            self.loaded_programs.insert(program);
+        }
+        prog.attach(system, event)?;
+        Ok(())
+    }
+}

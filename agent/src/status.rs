@@ -1,0 +1,102 @@
+//! The `/status` document and the `/healthz` verdict, built by the engine after every change
+//! and served as-is, so HTTP handlers never compute anything or touch a filesystem.
+
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+use crate::{
+    health::{Reason, State},
+    probes::ProbeStatus,
+};
+
+pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*t))
+}
+
+pub fn format_time(t: SystemTime) -> String {
+    let odt = time::OffsetDateTime::from(t);
+    odt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| odt.unix_timestamp().to_string())
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub healthy: bool,
+    pub version: &'static str,
+    #[serde(serialize_with = "rfc3339")]
+    pub started_at: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: SystemTime,
+    pub dry_run: bool,
+    pub targets: Vec<TargetStatus>,
+    pub blocked_mount_calls: Vec<BlockedCall>,
+    pub devices: Vec<DeviceStatus>,
+    pub watches: Vec<WatchStatus>,
+    pub probes: Vec<ProbeStatus>,
+    pub events_lost: u64,
+}
+
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetStatus {
+    pub kind: &'static str,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fstype: Option<String>,
+    pub critical: bool,
+    pub state: State,
+    #[serde(serialize_with = "rfc3339")]
+    pub since: SystemTime,
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockedCall {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub syscall: &'static str,
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    pub blocked_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceStatus {
+    pub name: String,
+    pub dev: String,
+    pub inflight: u64,
+    pub oldest_inflight_seconds: f64,
+    pub io_errors: u64,
+    pub stalled: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WatchStatus {
+    pub path: String,
+    pub critical: bool,
+    /// The mount point the watch resolved to, if any.
+    pub mount: Option<String>,
+    /// Why the watch does not apply (path missing, not a mount point).
+    pub problem: Option<String>,
+}
+
+impl Status {
+    /// Failed critical targets: what `/healthz` reports and acts on.
+    pub fn failed_critical(&self) -> impl Iterator<Item = &TargetStatus> {
+        self.targets
+            .iter()
+            .filter(|t| t.critical && t.state == State::Failed)
+    }
+}
+
+/// The `/healthz` 503 body.
+#[derive(Debug, Serialize)]
+pub struct Unhealthy<'a> {
+    pub healthy: bool,
+    pub failed: Vec<&'a TargetStatus>,
+}
