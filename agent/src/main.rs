@@ -1,1 +1,236 @@
-fn main() {}
+//! The `bindsto` command line. Errors end here as anyhow; exit codes follow the contract:
+//! `check` exits 0 healthy, 1 unhealthy, 2 on error; a bad config exits 2 everywhere.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use bindsto::{
+    api,
+    config::{Config, DEFAULT_TOML},
+    doctor, run,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// bindsto: a kernel-level storage watchdog for container hosts.
+///
+/// It watches XFS shutdowns, block I/O errors and stalls, and mount calls that never return,
+/// through eBPF tracepoints, and reports a health verdict per mount and device over HTTP
+/// (/healthz, /metrics, /status).
+#[derive(Parser, Debug)]
+#[command(name = "bindsto", version, propagate_version = true)]
+struct Cli {
+    /// Log format: human-readable lines (journald-friendly) or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `bindsto=debug`.
+    #[arg(long, env = "BINDSTO_LOG", default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent: attach the kernel programs and serve /healthz, /metrics and /status.
+    Run {
+        /// Config file (TOML). Without it the embedded default is used (`bindsto config default`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Decide and report, but act on nothing (overrides the config).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One-shot verdict: observe for a short while, print it, exit 0 healthy, 1 unhealthy, 2 error.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the full status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to observe before answering.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Ask a running agent for its status and print it.
+    Status {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Config of the running agent (to find its listen address).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address of the agent; overrides the config.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Check kernel support and privileges: tracepoints found and attached, BTF, capabilities.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the embedded default configuration (a commented reference of every key).
+    Default,
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // journald adds its own timestamps; plain lines without colour read well there.
+        LogFormat::Human => builder.with_ansi(false).init(),
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("bindsto: {e}");
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("bindsto")
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bindsto: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, dry_run } => {
+            let mut cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            cfg.dry_run |= dry_run;
+            runtime()?.block_on(run::run(cfg, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            config,
+            json,
+            duration,
+        } => {
+            let cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let status = runtime()?.block_on(run::check(cfg, duration))?;
+            let doc = serde_json::to_value(&*status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", bindsto::status::render_table(&doc));
+            }
+            Ok(if status.healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Status { json, config, addr } => {
+            let addr = match addr {
+                Some(a) => a,
+                None => {
+                    let cfg = match load_config(config.as_deref()) {
+                        Ok(c) => c,
+                        Err(code) => return Ok(code),
+                    };
+                    local_addr(cfg.listen)
+                }
+            };
+            let (code, body) = api::http_get(addr, "/status", Duration::from_secs(5))
+                .with_context(|| format!("asking the agent at {addr} (is it running?)"))?;
+            anyhow::ensure!(code == 200, "agent at {addr} answered HTTP {code}: {body}");
+            let doc: serde_json::Value =
+                serde_json::from_str(&body).context("the agent's /status is not JSON")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", bindsto::status::render_table(&doc));
+            }
+            let healthy = doc.get("healthy").and_then(serde_json::Value::as_bool);
+            Ok(if healthy == Some(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Doctor { json } => {
+            let report = doctor::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{DEFAULT_TOML}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The address to reach a local agent: a wildcard listen address means loopback.
+fn local_addr(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    }
+}

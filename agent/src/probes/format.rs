@@ -543,8 +543,14 @@ mod tests {
         parse_err("", "no `name:` line");
         parse_err("hello world\n", "line 1: unexpected line \"hello world\"");
         parse_err("\u{0}\u{1}binary\n", "line 1: unexpected line");
-        parse_err("name: x\nID: abc\n", "line 2: event ID \"abc\" is not a number");
-        parse_err("name: x\nformat:\n\tfield:int a;\toffset:8;\tsize:4;\n", "no `ID:` line");
+        parse_err(
+            "name: x\nID: abc\n",
+            "line 2: event ID \"abc\" is not a number",
+        );
+        parse_err(
+            "name: x\nformat:\n\tfield:int a;\toffset:8;\tsize:4;\n",
+            "no `ID:` line",
+        );
         parse_err("name: x\nID: 1\nformat:\n", "no field");
         parse_err("name:\n", "line 1: empty event name");
         parse_err("name: x\nname: y\n", "line 2: second `name:` line");
@@ -588,7 +594,8 @@ mod tests {
     #[test]
     fn lenient_where_old_or_new_kernels_differ() {
         // No `signed:` (pre-2.6.32), an unknown attribute, CRLF line ends, nothing after fields.
-        let text = "name: x\r\nID: 7\r\nformat:\r\n\tfield:int a;\toffset:8;\tsize:4;\tfuture:1;\r\n";
+        let text =
+            "name: x\r\nID: 7\r\nformat:\r\n\tfield:int a;\toffset:8;\tsize:4;\tfuture:1;\r\n";
         let f = parse(text).unwrap();
         assert_eq!(f.id, 7);
         assert_eq!(

@@ -46,6 +46,11 @@ pub struct ProbeStatus {
 /// Map handles taken out of the object, used by the event reader and the scanner.
 pub struct Maps {
     pub events: RingBuf<MapData>,
+    pub scan: ScanMaps,
+}
+
+/// The maps the scanner reads each pass.
+pub struct ScanMaps {
     pub rq_inflight: HashMap<MapData, RqKey, RqVal>,
     pub mount_calls: HashMap<MapData, u64, MountCall>,
     pub stats: PerCpuArray<MapData, u64>,
@@ -96,9 +101,11 @@ impl Loaded {
         let mut ebpf = Ebpf::load(OBJECT)?;
         let maps = Maps {
             events: take(&mut ebpf, maps::EVENTS)?,
-            rq_inflight: take(&mut ebpf, maps::RQ_INFLIGHT)?,
-            mount_calls: take(&mut ebpf, maps::MOUNT_CALLS)?,
-            stats: take(&mut ebpf, maps::STATS)?,
+            scan: ScanMaps {
+                rq_inflight: take(&mut ebpf, maps::RQ_INFLIGHT)?,
+                mount_calls: take(&mut ebpf, maps::MOUNT_CALLS)?,
+                stats: take(&mut ebpf, maps::STATS)?,
+            },
         };
         let offsets_map = take(&mut ebpf, maps::OFFSETS)?;
         let mut loaded = Self {

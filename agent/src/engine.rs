@@ -1,0 +1,824 @@
+//! The engine: owns every target's state and is the only writer of it.
+//!
+//! It runs as one task that reacts to kernel events (as soon as they arrive), scanner ticks,
+//! results of off-thread mount probes and mount table changes, then publishes an immutable
+//! [`Status`] that the HTTP handlers serve without doing any work themselves.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_ebpf::Stat;
+use nix::errno::Errno;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    confirm,
+    events::{self, CorruptWhat, KernelEvent},
+    health::{Kind, Signal, State, Target, Transition},
+    metrics::{self, Metrics},
+    probes::{ProbeStatus, ScanMaps},
+    scanner::{self, InflightCall, Progress},
+    status::{BlockedCall, DeviceStatus, Status, TargetStatus, WatchStatus},
+    topology::{self, DevId, MountEntry, Sysfs},
+};
+
+/// What the HTTP side reads: the last published status and the metrics registry.
+pub struct Shared {
+    status: RwLock<Arc<Status>>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics, started_at: SystemTime, dry_run: bool) -> Self {
+        let status = Status {
+            healthy: true,
+            version: env!("CARGO_PKG_VERSION"),
+            started_at,
+            updated_at: started_at,
+            dry_run,
+            targets: Vec::new(),
+            blocked_mount_calls: Vec::new(),
+            devices: Vec::new(),
+            watches: Vec::new(),
+            probes: Vec::new(),
+            events_lost: 0,
+        };
+        Self {
+            status: RwLock::new(Arc::new(status)),
+            metrics,
+        }
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        match self.status.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn publish(&self, s: Status) {
+        let s = Arc::new(s);
+        match self.status.write() {
+            Ok(mut g) => *g = s,
+            Err(poisoned) => *poisoned.into_inner() = s,
+        }
+    }
+}
+
+/// Result of a finished off-thread mount probe.
+#[derive(Debug)]
+pub struct ProbeDone {
+    pub mount_point: PathBuf,
+    pub mount_id: u32,
+    pub outcome: confirm::Outcome,
+}
+
+struct Observed {
+    entry: MountEntry,
+    target: Target,
+    /// Names of the block devices under this mount: its own device and the disks below it.
+    devices: Vec<String>,
+    probe_since: Option<Instant>,
+    probe_timeout_reported: bool,
+}
+
+impl Observed {
+    fn is_nfs(&self) -> bool {
+        self.entry.fstype.starts_with("nfs")
+    }
+}
+
+struct Device {
+    dev: DevId,
+    block: topology::BlockDevice,
+    target: Target,
+    io_errors: u64,
+    last_error: Option<Instant>,
+    last_error_detail: String,
+    progress: Progress,
+    inflight: u64,
+    oldest_inflight: Duration,
+    stalled: bool,
+}
+
+pub struct Engine {
+    cfg: Arc<Config>,
+    sysfs: Sysfs,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    started_at: SystemTime,
+    mounts: BTreeMap<PathBuf, Observed>,
+    devices: BTreeMap<String, Device>,
+    subsystem: Target,
+    watches: Vec<WatchStatus>,
+    blocked: Vec<InflightCall>,
+    probes: Vec<ProbeStatus>,
+    probe_tx: mpsc::UnboundedSender<ProbeDone>,
+    kernel_stats_seen: [u64; 3],
+    events_lost: u64,
+}
+
+impl Engine {
+    pub fn new(
+        cfg: Arc<Config>,
+        sysfs: Sysfs,
+        shared: Arc<Shared>,
+        probe_tx: mpsc::UnboundedSender<ProbeDone>,
+    ) -> Self {
+        let now = SystemTime::now();
+        let subsystem = Target::new(Kind::Subsystem, "mount", cfg.detect.mount_calls_critical, now);
+        Self {
+            metrics: shared.metrics.clone(),
+            cfg,
+            sysfs,
+            shared,
+            started_at: now,
+            mounts: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            subsystem,
+            watches: Vec::new(),
+            blocked: Vec::new(),
+            probes: Vec::new(),
+            probe_tx,
+            kernel_stats_seen: [0; 3],
+            events_lost: 0,
+        }
+    }
+
+    pub fn set_probes(&mut self, probes: &[ProbeStatus]) {
+        for p in probes {
+            let attached = i64::from(p.state == crate::probes::ProbeState::Attached);
+            self.metrics
+                .probe_attached
+                .get_or_create(&metrics::ProbeLabels {
+                    probe: p.probe.clone(),
+                })
+                .set(attached);
+        }
+        self.probes = probes.to_vec();
+    }
+
+    // === topology ===
+
+    /// Re-reads the mount table and the devices under the observed mounts. Targets of mounts
+    /// that are still there keep their state; a remount (new mount id) starts fresh.
+    pub fn refresh_topology(&mut self, mountinfo: &str, path_exists: &dyn Fn(&Path) -> Option<bool>) {
+        let entries = match topology::parse_mountinfo(mountinfo) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "cannot parse mountinfo; keeping the previous view");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        // Mount point -> (entry, critical). Later entries win: the top of a stack of mounts.
+        let mut desired: BTreeMap<PathBuf, (MountEntry, bool)> = BTreeMap::new();
+        for e in &entries {
+            if self.cfg.detect.fstypes.iter().any(|t| *t == e.fstype) {
+                desired.insert(e.mount_point.clone(), (e.clone(), false));
+            }
+        }
+        let mut watches = Vec::new();
+        for w in &self.cfg.watch {
+            let mut ws = WatchStatus {
+                path: w.path.display().to_string(),
+                critical: w.critical,
+                mount: None,
+                problem: None,
+            };
+            match topology::mount_for_path(&entries, &w.path) {
+                Some(m) if w.require_mountpoint && m.mount_point != w.path => {
+                    ws.problem = Some(format!(
+                        "not a mount point (it is on {}); require_mountpoint is set",
+                        m.mount_point.display()
+                    ));
+                }
+                Some(m) => {
+                    let exists = if m.mount_point == w.path { Some(true) } else { path_exists(&w.path) };
+                    match exists {
+                        Some(false) => ws.problem = Some("path does not exist".into()),
+                        None => ws.problem = Some("could not check the path (timed out)".into()),
+                        Some(true) => {}
+                    }
+                    if exists != Some(false) {
+                        ws.mount = Some(m.mount_point.display().to_string());
+                        let slot = desired
+                            .entry(m.mount_point.clone())
+                            .or_insert_with(|| (m.clone(), false));
+                        slot.1 |= w.critical;
+                    }
+                }
+                None => ws.problem = Some("no mount contains this path".into()),
+            }
+            if let Some(p) = &ws.problem {
+                let known = self
+                    .watches
+                    .iter()
+                    .any(|o| o.path == ws.path && o.problem.as_ref() == Some(p));
+                if !known {
+                    warn!(path = %ws.path, problem = %p, "watch does not apply");
+                }
+            }
+            watches.push(ws);
+        }
+        self.watches = watches;
+
+        let mut old = std::mem::take(&mut self.mounts);
+        for (mp, (entry, critical)) in desired {
+            let kept = old.remove(&mp).filter(|o| o.entry.mount_id == entry.mount_id);
+            let obs = match kept {
+                Some(mut o) => {
+                    if o.target.critical != critical {
+                        self.forget_target_metric(Kind::Mount, &o.target.id, o.target.critical);
+                        o.target.critical = critical;
+                    }
+                    o.entry = entry;
+                    o
+                }
+                None => {
+                    info!(mount = %mp.display(), fstype = %entry.fstype, dev = %entry.dev, critical, "observing mount");
+                    Observed {
+                        devices: Vec::new(),
+                        target: Target::new(Kind::Mount, mp.display().to_string(), critical, now),
+                        entry,
+                        probe_since: None,
+                        probe_timeout_reported: false,
+                    }
+                }
+            };
+            self.mounts.insert(mp, obs);
+        }
+        for (mp, o) in old {
+            info!(mount = %mp.display(), "mount gone; no longer observed");
+            self.forget_target_metric(Kind::Mount, &o.target.id, o.target.critical);
+        }
+        self.refresh_devices(now);
+    }
+
+    fn refresh_devices(&mut self, now: SystemTime) {
+        let mut wanted: BTreeMap<String, (topology::BlockDevice, bool)> = BTreeMap::new();
+        for o in self.mounts.values_mut() {
+            let mut names = Vec::new();
+            let own = self.sysfs.block_device(o.entry.dev);
+            let below = self.sysfs.disks_for(o.entry.dev);
+            for bd in own.into_iter().chain(below) {
+                if !names.contains(&bd.name) {
+                    names.push(bd.name.clone());
+                }
+                let slot = wanted.entry(bd.name.clone()).or_insert((bd, false));
+                slot.1 |= o.target.critical;
+            }
+            o.devices = names;
+        }
+        let mut old = std::mem::take(&mut self.devices);
+        for (name, (block, critical)) in wanted {
+            let dev = block.dev;
+            let d = match old.remove(&name).filter(|d| d.dev == dev) {
+                Some(mut d) => {
+                    if d.target.critical != critical {
+                        self.forget_target_metric(Kind::Device, &name, d.target.critical);
+                        d.target.critical = critical;
+                    }
+                    d.block = block;
+                    d
+                }
+                None => Device {
+                    dev,
+                    block,
+                    target: Target::new(Kind::Device, name.clone(), critical, now),
+                    io_errors: 0,
+                    last_error: None,
+                    last_error_detail: String::new(),
+                    progress: Progress::default(),
+                    inflight: 0,
+                    oldest_inflight: Duration::ZERO,
+                    stalled: false,
+                },
+            };
+            self.devices.insert(name, d);
+        }
+        for (name, d) in old {
+            self.forget_target_metric(Kind::Device, &name, d.target.critical);
+            let l = metrics::device_labels(&name);
+            self.metrics.inflight_oldest.remove(&l);
+            self.metrics.inflight_requests.remove(&l);
+        }
+    }
+
+    fn forget_target_metric(&self, kind: Kind, id: &str, critical: bool) {
+        self.metrics
+            .target_healthy
+            .remove(&metrics::target_labels(kind.name(), id, critical));
+    }
+
+    fn device_name(&self, dev: DevId) -> String {
+        if let Some((name, _)) = self.devices.iter().find(|(_, d)| d.dev == dev) {
+            return name.clone();
+        }
+        self.sysfs
+            .block_device(dev)
+            .map_or_else(|| dev.to_string(), |b| b.name)
+    }
+
+    // === kernel events ===
+
+    pub fn on_event(&mut self, ev: &KernelEvent) {
+        let now = SystemTime::now();
+        match ev {
+            KernelEvent::XfsShutdown { dev, ptag, flags, .. } => {
+                let detail = format!(
+                    "xfs_force_shutdown on {dev}: {} (ptag {ptag:#x})",
+                    events::shutdown_flags(*flags)
+                );
+                warn!(%dev, flags = %events::shutdown_flags(*flags), ptag, "XFS shutdown");
+                self.count_shutdown(*dev);
+                let mps: Vec<PathBuf> = self.mounts_on_fs(*dev);
+                for mp in mps {
+                    self.raise_mount(&mp, Signal::XfsShutdown, detail.clone(), now);
+                }
+            }
+            KernelEvent::XfsBufIoError { dev, error, .. } => {
+                debug!(%dev, error = %events::errno_name(*error), "xfs buffer I/O error");
+                self.probe_now(self.mounts_on_fs(*dev));
+            }
+            KernelEvent::XfsAilAbort { dev, .. } => {
+                debug!(%dev, "xfs log item aborted");
+                self.probe_now(self.mounts_on_fs(*dev));
+            }
+            KernelEvent::XfsCorrupt { dev, what, flags, .. } => {
+                let what = match what {
+                    CorruptWhat::Fs => "filesystem".to_string(),
+                    CorruptWhat::Inode(ino) => format!("inode {ino}"),
+                    CorruptWhat::Group => "allocation group".to_string(),
+                };
+                warn!(%dev, what, flags, "XFS marked metadata corrupt");
+                self.probe_now(self.mounts_on_fs(*dev));
+            }
+            KernelEvent::BlockError { dev, error, sector, .. } => {
+                let name = self.device_name(*dev);
+                self.metrics
+                    .block_io_errors
+                    .get_or_create(&metrics::device_labels(&name))
+                    .inc();
+                let detail = format!(
+                    "I/O error {} at sector {sector}",
+                    events::errno_name(*error)
+                );
+                if let Some(d) = self.devices.get_mut(&name) {
+                    d.io_errors += 1;
+                    d.last_error = Some(Instant::now());
+                    let detail = format!("{} errors; last: {detail}", d.io_errors);
+                    d.last_error_detail.clone_from(&detail);
+                    if let Some(t) = d.target.raise(Signal::IoErrors, detail, now) {
+                        log_transition(&d.target, &t);
+                    }
+                }
+                let mps: Vec<PathBuf> = self
+                    .mounts
+                    .iter()
+                    .filter(|(_, o)| o.devices.contains(&name))
+                    .map(|(mp, _)| mp.clone())
+                    .collect();
+                for mp in &mps {
+                    self.raise_mount(mp, Signal::IoErrors, format!("{name}: {detail}"), now);
+                }
+                self.probe_now(mps);
+            }
+        }
+    }
+
+    fn count_shutdown(&self, dev: DevId) {
+        let name = self.device_name(dev);
+        self.metrics
+            .xfs_shutdowns
+            .get_or_create(&metrics::device_labels(&name))
+            .inc();
+    }
+
+    /// Mounts whose superblock device is `dev` (XFS events carry `sb->s_dev`).
+    fn mounts_on_fs(&self, dev: DevId) -> Vec<PathBuf> {
+        self.mounts
+            .iter()
+            .filter(|(_, o)| o.entry.dev == dev)
+            .map(|(mp, _)| mp.clone())
+            .collect()
+    }
+
+    fn raise_mount(&mut self, mp: &Path, signal: Signal, detail: String, now: SystemTime) {
+        if let Some(o) = self.mounts.get_mut(mp) {
+            if let Some(t) = o.target.raise(signal, detail, now) {
+                log_transition(&o.target, &t);
+            }
+        }
+    }
+
+    // === mount probes ===
+
+    fn probe_now(&mut self, mps: Vec<PathBuf>) {
+        for mp in mps {
+            self.spawn_probe(&mp);
+        }
+    }
+
+    /// Starts a probe of the mount unless one is still outstanding (a hung one stays
+    /// outstanding: one blocked thread per mount at most).
+    fn spawn_probe(&mut self, mp: &Path) {
+        let Some(o) = self.mounts.get_mut(mp) else { return };
+        if o.probe_since.is_some() {
+            return;
+        }
+        o.probe_since = Some(Instant::now());
+        o.probe_timeout_reported = false;
+        let tx = self.probe_tx.clone();
+        let mount_point = mp.to_path_buf();
+        let mount_id = o.entry.mount_id;
+        tokio::task::spawn_blocking(move || {
+            let outcome = confirm::probe(&mount_point);
+            let _ = tx.send(ProbeDone {
+                mount_point,
+                mount_id,
+                outcome,
+            });
+        });
+    }
+
+    pub fn on_probe(&mut self, done: ProbeDone) {
+        let now = SystemTime::now();
+        let cfg = Arc::clone(&self.cfg);
+        let Some(o) = self.mounts.get_mut(&done.mount_point) else { return };
+        if o.entry.mount_id != done.mount_id {
+            return;
+        }
+        o.probe_since = None;
+        let outcome = &done.outcome;
+        let label = match outcome.statx {
+            Ok(()) => "ok",
+            Err(_) => "error",
+        };
+        self.metrics
+            .confirm_probes
+            .get_or_create(&metrics::OutcomeLabels {
+                outcome: label.into(),
+            })
+            .inc();
+        let mut transitions = Vec::new();
+        let mut shutdown_dev = None;
+        match outcome.statx {
+            Err(Errno::EIO) if o.entry.fstype == "xfs" => {
+                let first = !o.target.has(Signal::XfsShutdown);
+                let detail = "statx of the mount root fails with EIO: the filesystem is shut down".to_string();
+                transitions.extend(o.target.raise(Signal::XfsShutdown, detail, now));
+                if first {
+                    warn!(mount = %done.mount_point.display(), "XFS shutdown confirmed by statx (EIO)");
+                    shutdown_dev = Some(o.entry.dev);
+                }
+            }
+            Err(e) if o.is_nfs() && matches!(e, Errno::EIO | Errno::ETIMEDOUT | Errno::ESTALE) => {
+                transitions.extend(o.target.raise(
+                    Signal::NfsStall,
+                    format!("statx of the mount root fails: {e}"),
+                    now,
+                ));
+            }
+            Err(e) => debug!(mount = %done.mount_point.display(), error = %e, "probe failed"),
+            Ok(()) => {
+                transitions.extend(o.target.clear(Signal::NfsStall, now));
+            }
+        }
+        if let Some(u) = outcome.usage {
+            let space = cfg.detect.fs_full_percent > 0.0 && u.space_used_percent >= cfg.detect.fs_full_percent;
+            let inodes = cfg.detect.inodes_full_percent > 0.0
+                && u.inodes_used_percent.is_some_and(|p| p >= cfg.detect.inodes_full_percent);
+            transitions.extend(o.target.set(
+                Signal::FsFull,
+                space || inodes,
+                || {
+                    format!(
+                        "space {:.1}% used, inodes {} used",
+                        u.space_used_percent,
+                        u.inodes_used_percent
+                            .map_or_else(|| "n/a".to_string(), |p| format!("{p:.1}%"))
+                    )
+                },
+                now,
+            ));
+        }
+        for t in transitions {
+            log_transition(&o.target, &t);
+        }
+        if let Some(dev) = shutdown_dev {
+            self.count_shutdown(dev);
+        }
+    }
+
+    // === the scanner ===
+
+    /// One scanner pass: block devices, mount calls, mount probes, kernel counters.
+    pub fn scan(&mut self, maps: Option<&mut ScanMaps>) {
+        let started = Instant::now();
+        let now = SystemTime::now();
+        let cfg = Arc::clone(&self.cfg);
+        let (mut rq, mut calls, stats) = match maps {
+            Some(m) => (Some(&mut m.rq_inflight), Some(&mut m.mount_calls), Some(&m.stats)),
+            None => (None, None, None),
+        };
+
+        // Block devices.
+        let now_ns = scanner::monotonic_ns();
+        let by_dev = rq.as_deref().map(scanner::block_inflight).unwrap_or_default();
+        let names: Vec<String> = self.devices.keys().cloned().collect();
+        for name in names {
+            let Some(d) = self.devices.get_mut(&name) else { continue };
+            let read_ns = scanner::monotonic_ns();
+            let (inflight, completed) = match (
+                self.sysfs.inflight(&d.block.sysfs_dir),
+                self.sysfs.stat(&d.block.sysfs_dir),
+            ) {
+                (Some((r, w)), Some(st)) => (r + w, st.completed()),
+                (None, Some(st)) => (st.in_flight, st.completed()),
+                _ => continue,
+            };
+            let no_progress = d.progress.observe(read_ns, inflight, completed);
+            let map = by_dev.get(&d.dev).copied().unwrap_or_default();
+            if inflight == 0 && map.requests > 0 {
+                if let Some(rq) = rq.as_deref_mut() {
+                    let n = scanner::forget_leaked(rq, d.dev, read_ns);
+                    if n > 0 {
+                        debug!(device = %name, entries = n, "dropped request entries that lost their completion");
+                    }
+                }
+            }
+            d.inflight = inflight;
+            d.oldest_inflight = if inflight == 0 {
+                Duration::ZERO
+            } else {
+                map.oldest_start_ns
+                    .map(|s| Duration::from_nanos(now_ns.saturating_sub(s)))
+                    .unwrap_or(no_progress)
+                    .max(no_progress)
+            };
+            d.stalled = inflight > 0 && no_progress >= cfg.detect.io_stall_after;
+            let detail = || {
+                format!(
+                    "{inflight} request(s) in flight, none completed for {:.1}s (oldest {:.1}s)",
+                    no_progress.as_secs_f64(),
+                    d.oldest_inflight.as_secs_f64()
+                )
+            };
+            let mut ts = Vec::new();
+            ts.extend(d.target.set(Signal::IoStall, d.stalled, detail, now));
+            let recent_errors = d
+                .last_error
+                .is_some_and(|t| t.elapsed() < cfg.detect.io_errors_window);
+            let err_detail = d.last_error_detail.clone();
+            ts.extend(d.target.set(Signal::IoErrors, recent_errors, || err_detail, now));
+            for t in ts {
+                log_transition(&d.target, &t);
+            }
+            let l = metrics::device_labels(&name);
+            self.metrics
+                .inflight_oldest
+                .get_or_create(&l)
+                .set(d.oldest_inflight.as_secs_f64());
+            self.metrics
+                .inflight_requests
+                .get_or_create(&l)
+                .set(i64::try_from(inflight).unwrap_or(i64::MAX));
+        }
+
+        // Mount-family calls.
+        if let Some(calls_map) = calls.as_deref_mut() {
+            let all = scanner::mount_calls(calls_map, scanner::monotonic_ns());
+            let oldest = all.first().map_or(0.0, |c| c.age.as_secs_f64());
+            self.metrics.mount_call_oldest_blocked.set(oldest);
+            self.blocked = all
+                .into_iter()
+                .filter(|c| c.age >= cfg.detect.mount_blocked_after)
+                .collect();
+            self.metrics
+                .mount_calls_blocked
+                .set(i64::try_from(self.blocked.len()).unwrap_or(i64::MAX));
+            let blocked = &self.blocked;
+            let detail = || {
+                let first = &blocked[0];
+                format!(
+                    "{} mount call(s) blocked; oldest: {} {} {} -> {} ({}) for {:.0}s",
+                    blocked.len(),
+                    first.comm,
+                    first.syscall,
+                    first.source,
+                    first.target,
+                    first.fstype,
+                    first.age.as_secs_f64()
+                )
+            };
+            if let Some(t) = self
+                .subsystem
+                .set(Signal::MountBlocked, !blocked.is_empty(), detail, now)
+            {
+                log_transition(&self.subsystem, &t);
+            }
+        }
+
+        // Mounts: follow their devices, probe them.
+        let mps: Vec<PathBuf> = self.mounts.keys().cloned().collect();
+        for mp in mps {
+            let Some(o) = self.mounts.get_mut(&mp) else { continue };
+            let stalled: Vec<&String> = o
+                .devices
+                .iter()
+                .filter(|n| self.devices.get(*n).is_some_and(|d| d.stalled))
+                .collect();
+            let erroring: Vec<&String> = o
+                .devices
+                .iter()
+                .filter(|n| self.devices.get(*n).is_some_and(|d| d.target.has(Signal::IoErrors)))
+                .collect();
+            let mut ts = Vec::new();
+            let stall_detail = || {
+                let n = stalled[0];
+                let age = self.devices.get(n).map_or(0.0, |d| d.oldest_inflight.as_secs_f64());
+                format!("device {n} stalled: oldest request in flight {age:.1}s")
+            };
+            ts.extend(o.target.set(Signal::IoStall, !stalled.is_empty(), stall_detail, now));
+            if erroring.is_empty() {
+                ts.extend(o.target.clear(Signal::IoErrors, now));
+            }
+            for t in ts {
+                log_transition(&o.target, &t);
+            }
+            match o.probe_since {
+                Some(since) => {
+                    let waited = since.elapsed();
+                    if waited >= cfg.detect.probe_timeout && !o.probe_timeout_reported {
+                        o.probe_timeout_reported = true;
+                        warn!(mount = %mp.display(), waited_s = waited.as_secs_f64(), "mount probe timed out");
+                        self.metrics
+                            .confirm_probes
+                            .get_or_create(&metrics::OutcomeLabels {
+                                outcome: "timeout".into(),
+                            })
+                            .inc();
+                    }
+                    if o.is_nfs() && waited >= cfg.detect.nfs_stall_after {
+                        let detail = format!("statx of the mount root unanswered for {:.0}s", waited.as_secs_f64());
+                        if let Some(t) = o.target.raise(Signal::NfsStall, detail, now) {
+                            log_transition(&o.target, &t);
+                        }
+                    }
+                }
+                None => self.spawn_probe(&mp),
+            }
+        }
+
+        // Kernel-side drop counters.
+        if let Some(stats) = stats {
+            self.read_kernel_stats(stats);
+        }
+        self.metrics.scans.inc();
+        self.metrics
+            .scan_duration
+            .set(started.elapsed().as_secs_f64());
+    }
+
+    fn read_kernel_stats(&mut self, stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>) {
+        let idx = [Stat::EventsLost, Stat::RqMapFull, Stat::MountMapFull];
+        for (i, stat) in idx.iter().enumerate() {
+            let Ok(values) = stats.get(&(*stat as u32), 0) else { continue };
+            let total: u64 = values.iter().sum();
+            let delta = total.saturating_sub(self.kernel_stats_seen[i]);
+            self.kernel_stats_seen[i] = total;
+            if delta == 0 {
+                continue;
+            }
+            match stat {
+                Stat::EventsLost => {
+                    self.events_lost += delta;
+                    self.metrics.events_lost.inc_by(delta);
+                    warn!(lost = delta, "kernel events lost: ring buffer full");
+                }
+                Stat::RqMapFull | Stat::MountMapFull => {
+                    let map = if *stat == Stat::RqMapFull { "rq_inflight" } else { "mount_calls" };
+                    self.metrics
+                        .map_full
+                        .get_or_create(&metrics::MapLabels { map: map.into() })
+                        .inc_by(delta);
+                    warn!(map, dropped = delta, "kernel map full");
+                }
+            }
+        }
+    }
+
+    /// Counts a record the event reader could not decode.
+    pub fn decode_error(&mut self, e: &events::DecodeError) {
+        self.metrics.events_decode_errors.inc();
+        warn!(error = %e, "undecodable kernel event");
+    }
+
+    // === publishing ===
+
+    pub fn publish(&self) {
+        let mut targets = Vec::new();
+        for o in self.mounts.values() {
+            targets.push(target_status(
+                &o.target,
+                Some(o.entry.dev.to_string()),
+                Some(o.entry.fstype.clone()),
+            ));
+        }
+        for d in self.devices.values() {
+            targets.push(target_status(&d.target, Some(d.dev.to_string()), None));
+        }
+        targets.push(target_status(&self.subsystem, None, None));
+        for t in &targets {
+            let healthy = i64::from(t.state == State::Healthy);
+            self.metrics
+                .target_healthy
+                .get_or_create(&metrics::target_labels(t.kind, &t.id, t.critical))
+                .set(healthy);
+        }
+        let devices = self
+            .devices
+            .iter()
+            .map(|(name, d)| DeviceStatus {
+                name: name.clone(),
+                dev: d.dev.to_string(),
+                inflight: d.inflight,
+                oldest_inflight_seconds: round3(d.oldest_inflight.as_secs_f64()),
+                io_errors: d.io_errors,
+                stalled: d.stalled,
+            })
+            .collect();
+        let blocked_mount_calls = self
+            .blocked
+            .iter()
+            .map(|c| BlockedCall {
+                pid: c.tgid,
+                tid: c.tid,
+                comm: c.comm.clone(),
+                syscall: c.syscall,
+                source: c.source.clone(),
+                target: c.target.clone(),
+                fstype: c.fstype.clone(),
+                blocked_seconds: round3(c.age.as_secs_f64()),
+            })
+            .collect();
+        let healthy = !targets
+            .iter()
+            .any(|t| t.critical && t.state == State::Failed);
+        self.shared.publish(Status {
+            healthy,
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at,
+            updated_at: SystemTime::now(),
+            dry_run: self.cfg.dry_run,
+            targets,
+            blocked_mount_calls,
+            devices,
+            watches: self.watches.clone(),
+            probes: self.probes.clone(),
+            events_lost: self.events_lost,
+        });
+    }
+
+    /// Names of every mount point currently observed (for tests and `check`).
+    pub fn observed(&self) -> BTreeSet<PathBuf> {
+        self.mounts.keys().cloned().collect()
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn target_status(t: &Target, device: Option<String>, fstype: Option<String>) -> TargetStatus {
+    TargetStatus {
+        kind: t.kind.name(),
+        id: t.id.clone(),
+        device,
+        fstype,
+        critical: t.critical,
+        state: t.state(),
+        since: t.since(),
+        reasons: t.reasons().cloned().collect(),
+    }
+}
+
+fn log_transition(t: &Target, tr: &Transition) {
+    let reasons: Vec<String> = t
+        .reasons()
+        .map(|r| format!("{}: {}", r.signal.name(), r.detail))
+        .collect();
+    let reasons = reasons.join("; ");
+    if tr.to > tr.from {
+        warn!(kind = t.kind.name(), target = %t.id, critical = t.critical, from = tr.from.name(), to = tr.to.name(), %reasons, "target state changed");
+    } else {
+        info!(kind = t.kind.name(), target = %t.id, critical = t.critical, from = tr.from.name(), to = tr.to.name(), %reasons, "target state changed");
+    }
+}

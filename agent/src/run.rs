@@ -1,0 +1,294 @@
+//! The agent's runtime: wires the kernel programs, the engine, the mount table watcher and
+//! the HTTP server together and drives them until shutdown.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, net::TcpListener, sync::mpsc};
+use tracing::{error, info, warn};
+
+use crate::{
+    api,
+    config::Config,
+    engine::{Engine, Shared},
+    events::KernelEvent,
+    metrics::Metrics,
+    probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
+    topology::Sysfs,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How often tracepoints that were missing are looked for again (modules load late).
+const REATTACH_EVERY: Duration = Duration::from_secs(10);
+/// Mount table re-read even without a change notification, as a safety net.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(30);
+
+/// Finds (or mounts) tracefs.
+pub fn tracefs() -> Option<PathBuf> {
+    if let Some(p) = format::tracefs_root() {
+        return Some(p);
+    }
+    match format::mount_tracefs() {
+        Ok(p) => {
+            info!(path = %p.display(), "mounted tracefs");
+            Some(p)
+        }
+        Err(e) => {
+            warn!(error = %e, "tracefs is not available");
+            None
+        }
+    }
+}
+
+/// Loads and attaches the kernel programs; on failure the agent runs on sysfs and probes
+/// alone, and every probe is reported as failed.
+pub fn load_probes() -> (Option<Loaded>, Option<crate::probes::Maps>, Vec<ProbeStatus>) {
+    let Some(tracefs) = tracefs() else {
+        return (None, None, all_probes(ProbeState::Failed, "tracefs not available"));
+    };
+    match Loaded::load(&tracefs) {
+        Ok((loaded, maps)) => {
+            let status = loaded.status().to_vec();
+            (Some(loaded), Some(maps), status)
+        }
+        Err(e) => {
+            error!(error = %e, "cannot load the kernel programs; running on sysfs and mount probes only");
+            (None, None, all_probes(ProbeState::Failed, &e.to_string()))
+        }
+    }
+}
+
+fn all_probes(state: ProbeState, detail: &str) -> Vec<ProbeStatus> {
+    PROGRAMS
+        .iter()
+        .flat_map(|p| {
+            p.tracepoints.iter().map(move |t| ProbeStatus {
+                probe: t.probe_name(),
+                program: p.program,
+                state,
+                detail: detail.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Checks whether a watched path exists without ever blocking on it: the check runs on its
+/// own thread, the answer is awaited for at most a second, and a path whose check is still
+/// hanging is not checked again until it returns.
+#[derive(Clone, Default)]
+struct PathChecker {
+    inner: Arc<Mutex<HashMap<PathBuf, Arc<AtomicBool>>>>,
+}
+
+impl PathChecker {
+    fn exists(&self, path: &Path) -> Option<bool> {
+        let busy = {
+            let mut m = self.inner.lock().ok()?;
+            Arc::clone(m.entry(path.to_path_buf()).or_default())
+        };
+        if busy.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = std_mpsc::channel();
+        let p = path.to_path_buf();
+        let flag = Arc::clone(&busy);
+        std::thread::spawn(move || {
+            let r = std::fs::symlink_metadata(&p).is_ok();
+            flag.store(false, Ordering::SeqCst);
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+}
+
+/// Notifies on every mount table change (mountinfo signals POLLPRI), from its own thread.
+fn watch_mountinfo(tx: mpsc::UnboundedSender<()>) {
+    let spawn = std::thread::Builder::new()
+        .name("mountinfo".into())
+        .spawn(move || {
+            let file = match std::fs::File::open("/proc/self/mountinfo") {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(error = %e, "cannot watch /proc/self/mountinfo; relying on periodic refresh");
+                    return;
+                }
+            };
+            loop {
+                let mut fds = [nix::poll::PollFd::new(
+                    file.as_fd(),
+                    nix::poll::PollFlags::POLLPRI,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                    Ok(_) => {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        warn!(error = %e, "mountinfo poll failed; relying on periodic refresh");
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawn {
+        warn!(error = %e, "cannot start the mountinfo watcher");
+    }
+}
+
+fn read_mountinfo() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+}
+
+async fn ring_readable(
+    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> Option<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(fd) => fd.readable_mut().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the agent, serving HTTP on the configured address, until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    drive(cfg, Some(listener), shutdown).await.map(|_| ())
+}
+
+/// One-shot verdict for `bindsto check`: the engine runs for `duration` (no HTTP), then its
+/// status is returned.
+pub async fn check(cfg: Config, duration: Duration) -> Result<Arc<crate::status::Status>, RunError> {
+    let shared = drive(cfg, None, tokio::time::sleep(duration)).await?;
+    Ok(shared.status())
+}
+
+async fn drive(
+    cfg: Config,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Arc<Shared>, RunError> {
+    let cfg = Arc::new(cfg);
+    info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run));
+
+    let (mut loaded, maps, probe_status) = load_probes();
+    let (mut ring, mut scan_maps): (Option<AsyncFd<RingBuf<MapData>>>, Option<ScanMaps>) = match maps {
+        // SAFETY: the ring buffer's fd is owned by the value moved into the AsyncFd and
+        // is closed only when the AsyncFd (and its registration) is dropped.
+        Some(m) => (unsafe { AsyncFd::register(m.events) }.ok(), Some(m.scan)),
+        None => (None, None),
+    };
+
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    let mut engine = Engine::new(Arc::clone(&cfg), Sysfs::new("/sys"), Arc::clone(&shared), probe_tx);
+    engine.set_probes(&probe_status);
+    let checker = PathChecker::default();
+    engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p));
+    engine.scan(scan_maps.as_mut());
+    engine.publish();
+
+    let (topo_tx, mut topo_rx) = mpsc::unbounded_channel();
+    watch_mountinfo(topo_tx);
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server_stop = {
+        let mut rx = stop_tx.subscribe();
+        async move {
+            let _ = rx.changed().await;
+        }
+    };
+    let server = listener.map(|l| tokio::spawn(api::serve(l, Arc::clone(&shared), server_stop)));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut scan = tokio::time::interval(cfg.detect.scan_interval);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reattach = tokio::time::interval(REATTACH_EVERY);
+    reattach.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut topo_timer = tokio::time::interval(TOPOLOGY_EVERY);
+    info!("bindsto running");
+    loop {
+        tokio::select! {
+            guard = ring_readable(&mut ring) => {
+                match guard {
+                    Some(mut guard) => {
+                        let rb = guard.get_inner_mut();
+                        while let Some(item) = rb.next() {
+                            match KernelEvent::decode(&item) {
+                                Ok(ev) => engine.on_event(&ev),
+                                Err(e) => engine.decode_error(&e),
+                            }
+                        }
+                        guard.clear_ready();
+                    }
+                    None => {
+                        error!("ring buffer polling failed; continuing without kernel events");
+                        ring = None;
+                    }
+                }
+            }
+            _ = scan.tick() => engine.scan(scan_maps.as_mut()),
+            Some(done) = probe_rx.recv() => engine.on_probe(done),
+            Some(()) = topo_rx.recv() => {
+                while topo_rx.try_recv().is_ok() {}
+                engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p));
+            }
+            _ = topo_timer.tick() => engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p)),
+            _ = reattach.tick() => {
+                if let Some(l) = loaded.as_mut() {
+                    match l.attach_missing() {
+                        Ok(changed) => {
+                            if changed {
+                                engine.set_probes(l.status());
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "re-attaching probes failed"),
+                    }
+                }
+            }
+            _ = stop_rx.changed() => break,
+        }
+        engine.publish();
+    }
+    info!("bindsto stopping");
+    match server {
+        None => Ok(shared),
+        Some(server) => match server.await {
+            Ok(Ok(())) => Ok(shared),
+            Ok(Err(e)) => Err(RunError::Serve(e)),
+            Err(e) => Err(RunError::Io(std::io::Error::other(e))),
+        },
+    }
+}

@@ -1,0 +1,182 @@
+//! `XfsMount`: an XFS made on a [`FaultyDisk`] and mounted at a fresh temp dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+use crate::faulty::{FaultyDisk, Mode};
+use crate::proc::{run_cmd, run_with_timeout};
+use crate::sys::mounts_at;
+
+/// An XFS on a [`FaultyDisk`]'s loop device, mounted at a temp dir. It borrows the disk, so it
+/// is always dropped (unmounted) before the disk is torn down.
+///
+/// Drop (also during a panic): the disk goes back to `pass` (so blocked writers finish), then
+/// `umount`, retried for up to 10 s while busy, then `umount -l` (a shut-down XFS, or a process
+/// still holding a file); the mount point is removed once nothing is mounted there. It only
+/// unmounts the mount at its own mount point whose device is the disk's loop device.
+pub struct XfsMount<'d> {
+    disk: &'d FaultyDisk,
+    dir: Option<TempDir>,
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl<'d> XfsMount<'d> {
+    /// `mkfs.xfs -f -K` on the disk, then mount it.
+    pub fn new(disk: &'d FaultyDisk) -> anyhow::Result<Self> {
+        Self::with_options(disk, &[], None)
+    }
+
+    /// `mkfs.xfs -f -K <mkfs_args>` then `mount -t xfs [-o <mount_opts>]`.
+    pub fn with_options(
+        disk: &'d FaultyDisk,
+        mkfs_args: &[&str],
+        mount_opts: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        mkfs_xfs(disk, mkfs_args)?;
+        Self::mount_existing(disk, mount_opts)
+    }
+
+    /// Mounts the XFS already on the disk (no mkfs), e.g. to mount it again after an unmount.
+    pub fn mount_existing(disk: &'d FaultyDisk, mount_opts: Option<&str>) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bindsto-xfs-")
+            .tempdir()
+            .context("creating a mount point")?;
+        let path = dir.path().canonicalize()?;
+        let mut m = XfsMount {
+            disk,
+            dir: Some(dir),
+            path,
+            mounted: false,
+        };
+        let dev = disk.loop_dev().to_string_lossy().into_owned();
+        let target = m.path.to_string_lossy().into_owned();
+        let mut args = vec!["-t", "xfs"];
+        if let Some(o) = mount_opts {
+            args.extend(["-o", o]);
+        }
+        args.extend([dev.as_str(), target.as_str()]);
+        // Mark it mounted before checking the result: a mount that failed half-way (timeout)
+        // may still complete later, and Drop checks mountinfo anyway.
+        m.mounted = true;
+        run_cmd("mount", &args, Duration::from_secs(60))?;
+        if !m.is_mounted() {
+            bail!("mount {dev} {target} succeeded but mountinfo does not show it");
+        }
+        Ok(m)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The disk under it.
+    pub fn disk(&self) -> &'d FaultyDisk {
+        self.disk
+    }
+
+    /// Whether mountinfo shows the disk mounted at our mount point.
+    pub fn is_mounted(&self) -> bool {
+        let dev = self.disk.dev_id();
+        mounts_at(&self.path).iter().any(|m| m.dev == dev)
+    }
+
+    /// Shuts the filesystem down like a log I/O error would (`xfs_io -x -c shutdown`,
+    /// FAULTS.md recipe 1); the mount stays.
+    pub fn shutdown(&self) -> anyhow::Result<()> {
+        let p = self.path.to_string_lossy().into_owned();
+        run_cmd(
+            "xfs_io",
+            &["-x", "-c", "shutdown", &p],
+            Duration::from_secs(30),
+        )
+        .map(|_| ())
+    }
+
+    /// Unmounts now (same steps as Drop) and reports whether it worked.
+    pub fn unmount(mut self) -> anyhow::Result<()> {
+        self.cleanup();
+        if self.is_mounted() {
+            bail!("{} is still mounted", self.path.display());
+        }
+        Ok(())
+    }
+
+    fn cleanup(&mut self) {
+        if self.mounted && self.is_mounted() {
+            if let Err(e) = self.disk.set_mode(Mode::Pass) {
+                eprintln!("bindsto-tests: XfsMount drop: set pass: {e:#}");
+            }
+            let target = self.path.to_string_lossy().into_owned();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut last_err = None;
+            while self.is_mounted() {
+                match run_cmd("umount", &[&target], Duration::from_secs(30)) {
+                    Ok(_) => {}
+                    Err(e) => last_err = Some(e),
+                }
+                if !self.is_mounted() || Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if self.is_mounted() {
+                eprintln!(
+                    "bindsto-tests: XfsMount drop: umount {target} failed ({:#}), lazy unmount",
+                    last_err.unwrap_or_else(|| anyhow::anyhow!("still mounted"))
+                );
+                if let Err(e) = run_cmd("umount", &["-l", &target], Duration::from_secs(30)) {
+                    eprintln!("bindsto-tests: XfsMount drop: {e:#}");
+                }
+            }
+        }
+        self.mounted = false;
+        if let Some(dir) = self.dir.take() {
+            if mounts_at(&self.path).is_empty() {
+                let _ = dir.close();
+            } else {
+                eprintln!(
+                    "bindsto-tests: XfsMount drop: keeping {} (something is mounted there)",
+                    self.path.display()
+                );
+                let _ = dir.keep();
+            }
+        }
+    }
+}
+
+impl Drop for XfsMount<'_> {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// `mkfs.xfs -f -K <extra> <loop device>`. `-K` skips the discard pass (it would go through
+/// faultyfs as fallocate(PUNCH_HOLE) and is pointless on a sparse file).
+pub fn mkfs_xfs(disk: &FaultyDisk, extra: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = Command::new("mkfs.xfs");
+    cmd.args(["-f", "-K"]).args(extra).arg(disk.loop_dev());
+    let out = run_with_timeout(cmd, Duration::from_secs(120))?;
+    if !out.success() {
+        bail!(
+            "mkfs.xfs on {} failed ({}):\n{}",
+            disk.loop_dev().display(),
+            out.status,
+            out.output
+        );
+    }
+    Ok(())
+}
+
+impl FaultyDisk {
+    /// `XfsMount::new(self)`.
+    pub fn mkfs_xfs_and_mount(&self) -> anyhow::Result<XfsMount<'_>> {
+        XfsMount::new(self)
+    }
+}
