@@ -82,9 +82,13 @@ impl Offsets {
         }
     }
 
+    /// Never panics: a panic path in a BPF program is a call the verifier rejects.
     #[inline(always)]
     pub fn get(&self, f: Field) -> usize {
-        self.off[f as usize] as usize
+        match self.off.get(f as usize) {
+            Some(v) => *v as usize,
+            None => 0,
+        }
     }
 
     pub fn set(&mut self, f: Field, offset: u16) {

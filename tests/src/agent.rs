@@ -126,9 +126,6 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
@@ -197,7 +194,9 @@ impl Agent {
 
     /// The exit status if the agent has exited.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -414,7 +413,10 @@ mod tests {
             "listen = \"127.0.0.1:4242\"\n# c\ndry_run = true\n[detect]\nlisten = 1\n"
         );
         let out = set_listen("[[watch]]\npath = \"/x\"\n", addr);
-        assert!(out.starts_with("listen = \"127.0.0.1:4242\"\n[[watch]]"), "{out}");
+        assert!(
+            out.starts_with("listen = \"127.0.0.1:4242\"\n[[watch]]"),
+            "{out}"
+        );
     }
 
     #[test]

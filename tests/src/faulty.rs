@@ -401,7 +401,8 @@ impl FaultyDisk {
         let exited = self.wait_child(Duration::from_secs(15));
 
         // 3. Still mounted? Unmount it ourselves, lazily as a last resort.
-        let ours = |m: &crate::sys::MountEntry| m.source == "faultyfs" && m.fstype.starts_with("fuse");
+        let ours =
+            |m: &crate::sys::MountEntry| m.source == "faultyfs" && m.fstype.starts_with("fuse");
         if mounts_at(&self.mountpoint).iter().any(ours) {
             let mp = self.mountpoint.to_string_lossy().into_owned();
             if let Err(e) = run_cmd("fusermount3", &["-u", &mp], Duration::from_secs(10)) {

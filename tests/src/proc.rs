@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use anyhow::{Context, bail};
 
 /// A child process with stdout and stderr captured (interleaved) into an unnamed temp file.
 ///
-/// Drop: if it still runs, SIGKILL by PID; it is reaped right away if it dies within half a
+/// It runs in its own process group. Drop: if it still runs, SIGKILL to its process group (by
+/// its PID, while it is unreaped); it is reaped right away if it dies within half a
 /// second, otherwise (a process in D state dies only when its I/O completes, e.g. when the disk
 /// goes back to `pass` in a later fixture's Drop) a detached thread reaps it later.
 pub struct BgProcess {
@@ -26,9 +28,11 @@ impl BgProcess {
     pub fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
         let label = format!("{cmd:?}");
         let out = tempfile::tempfile().context("creating an output file")?;
+        // Its own process group, so Drop can also end what a `sh -c` script started.
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone()?))
-            .stderr(Stdio::from(out.try_clone()?));
+            .stderr(Stdio::from(out.try_clone()?))
+            .process_group(0);
         let child = cmd.spawn().with_context(|| format!("spawning {label}"))?;
         Ok(Self {
             label,
@@ -119,6 +123,17 @@ impl BgProcess {
         crate::sys::proc_wchan(self.pid())
     }
 
+    /// Sends `signal` to the child's process group (the child and whatever it started), only
+    /// while the child is unreaped, so the group id is still ours.
+    pub fn signal_group(&mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        if !self.is_running() {
+            bail!("{} already exited", self.label);
+        }
+        let pgid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::killpg(pgid, signal).context("killpg")?;
+        Ok(())
+    }
+
     /// Sends `signal` by PID, only while the child is still ours and unreaped.
     pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
         if !self.is_running() {
@@ -135,7 +150,7 @@ impl Drop for BgProcess {
         if !self.is_running() {
             return;
         }
-        let _ = self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.signal_group(nix::sys::signal::Signal::SIGKILL);
         if self.wait_timeout(Duration::from_millis(500)).is_some() {
             return;
         }

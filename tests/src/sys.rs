@@ -108,7 +108,9 @@ pub fn block_stat(name: &str) -> anyhow::Result<BlockStat> {
 pub fn block_inflight(name: &str) -> anyhow::Result<(u64, u64)> {
     let path = format!("/sys/block/{name}/inflight");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let mut it = text.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+    let mut it = text
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().unwrap_or(0));
     Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
 }
 

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bindsto_tests::sys::{loop_backing_file, mounts_under};
@@ -19,6 +20,12 @@ const SIZE_MB: u64 = 300;
 
 fn disk() -> FaultyDisk {
     FaultyDisk::with_binary(faultyfs_bin!(), SIZE_MB).expect("FaultyDisk")
+}
+
+fn dd(args: &[&str]) -> Command {
+    let mut c = Command::new("dd");
+    c.args(args);
+    c
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -137,9 +144,11 @@ fn error_mode_fails_writes_with_eio() {
     );
 
     let stat_after = disk.block_stat().unwrap();
+    // Failed requests are counted too. XFS may fail on a metadata read (free space btree for
+    // the delayed allocation) before any data write is issued, so count both directions.
     assert!(
-        stat_after.write_ios > stat_before.write_ios,
-        "the failed writes were issued to {}: {stat_before:?} -> {stat_after:?}",
+        stat_after.read_ios + stat_after.write_ios > stat_before.read_ios + stat_before.write_ios,
+        "the failed I/O was issued to {}: {stat_before:?} -> {stat_after:?}",
         disk.loop_name()
     );
     let status = disk.status().unwrap();
@@ -175,10 +184,14 @@ fn hang_mode_parks_io_until_pass() {
 
     disk.set_mode(Mode::Hang).unwrap();
     let target = xfs.path().join("stuck");
-    let mut w = BgProcess::sh(&format!(
-        "dd if=/dev/zero of={} bs=1M count=4 oflag=direct",
-        target.display()
-    ))
+    // dd itself, not `sh -c`: its state is the one that must be D.
+    let mut w = BgProcess::spawn(dd(&[
+        "if=/dev/zero",
+        &format!("of={}", target.display()),
+        "bs=1M",
+        "count=4",
+        "oflag=direct",
+    ]))
     .unwrap();
     assert!(
         w.wait_timeout(Duration::from_secs(2)).is_none(),
@@ -188,7 +201,12 @@ fn hang_mode_parks_io_until_pass() {
     let (r, wr) = block_inflight(&disk.loop_name()).unwrap();
     assert!(r + wr > 0, "requests in flight on {}", disk.loop_name());
     let state = w.proc_state();
-    assert_eq!(state, Some('D'), "dd sleeps uninterruptibly (wchan {:?})", w.wchan());
+    assert_eq!(
+        state,
+        Some('D'),
+        "dd sleeps uninterruptibly (wchan {:?})",
+        w.wchan()
+    );
     let st = disk.status().unwrap();
     assert_eq!(st.mode, Mode::Hang);
     assert!(st.parked > 0, "faultyfs holds the request: {st:?}");

@@ -828,9 +828,7 @@ fn real_main() -> anyhow::Result<()> {
                     mountpoint.display()
                 );
                 lazy = true;
-                if let Err(e) =
-                    nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                {
+                if let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
                     eprintln!("faultyfs: lazy unmount failed: {e}");
                 }
             }
