@@ -470,14 +470,12 @@ impl Engine {
         let mut transitions = Vec::new();
         let mut shutdown_dev = None;
         match outcome.statx {
-            Err(Errno::EIO) if o.entry.fstype == "xfs" => {
-                let first = !o.target.has(Signal::XfsShutdown);
+            // Already known (from the tracepoint): keep that more precise reason.
+            Err(Errno::EIO) if o.entry.fstype == "xfs" && !o.target.has(Signal::XfsShutdown) => {
                 let detail = "statx of the mount root fails with EIO: the filesystem is shut down".to_string();
                 transitions.extend(o.target.raise(Signal::XfsShutdown, detail, now));
-                if first {
-                    warn!(mount = %done.mount_point.display(), "XFS shutdown confirmed by statx (EIO)");
-                    shutdown_dev = Some(o.entry.dev);
-                }
+                warn!(mount = %done.mount_point.display(), "XFS shutdown confirmed by statx (EIO)");
+                shutdown_dev = Some(o.entry.dev);
             }
             Err(e) if o.is_nfs() && matches!(e, Errno::EIO | Errno::ETIMEDOUT | Errno::ESTALE) => {
                 transitions.extend(o.target.raise(

@@ -1,1 +1,235 @@
-fn main() {}
+//! `cargo xtask ...`: toolchain setup, build, run and the full test suite.
+//!
+//! Everything the project needs is installed from here (never by hand), so a fresh Debian 12
+//! machine and CI take the same path: `cargo xtask run` and `cargo xtask test` both start
+//! with `setup`, which is a no-op when everything is present.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "bindsto development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (apt packages, bpf-linker); no-op when present.
+    Setup,
+    /// Build the agent (release).
+    Build,
+    /// Set up, build and run the agent as root with the embedded default config.
+    Run {
+        /// Arguments after `--` go to `bindsto run` (e.g. `-- --config /etc/bindsto/config.toml`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check and test: fmt, clippy, unit tests, privileged tests.
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run privileged tests whose name contains this filter.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+/// Debian packages, per TOOLCHAIN.md: Debian's Rust 1.96 with its library source builds the
+/// BPF target's `core`; LLVM 22 for bpf-linker; the storage tools the tests drive.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "xfsprogs",
+    "fuse3",
+    "libfuse3-dev",
+    "pkg-config",
+    "fio",
+    "kmod",
+    "util-linux",
+    "bpftool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Build => setup().and_then(|()| build(true)),
+        Cmd::Run { args } => run(&args),
+        Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f", "${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn setup() -> Result<()> {
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing packages {missing:?}; run `cargo xtask setup` as root");
+        }
+        eprintln!("xtask: installing {missing:?}");
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let linker = cargo_bin_dir().join("bpf-linker");
+    let have = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !have {
+        // /usr/bin/llvm-config is LLVM 14 on Debian 12: point the build at LLVM 22.
+        status(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )?;
+    }
+    ensure_tracefs();
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+/// The agent mounts tracefs itself when it can; doing it here too keeps tests independent of
+/// which runs first.
+fn ensure_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").exists() || !is_root() {
+        return;
+    }
+    let _ = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status();
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root());
+    c
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--package", "bindsto"]);
+    if release {
+        c.arg("--release");
+    }
+    status(&mut c)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup()?;
+    build(true)?;
+    let bin = workspace_root().join("target/release/bindsto");
+    status(Command::new(bin).arg("run").args(args))
+}
+
+fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the privileged tests need root (BPF, loop devices, FUSE, mounts)");
+    }
+    if !no_lint {
+        status(cargo().args(["fmt", "--all", "--check"]))?;
+        status(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    // Unprivileged unit tests (the default members).
+    status(cargo().arg("test"))?;
+    build(false)?;
+    let bin = workspace_root().join("target/debug/bindsto");
+    // Privileged tests share kernel state (loop devices, tracepoints): one at a time.
+    let mut c = cargo();
+    c.args(["test", "--package", "bindsto-tests", "--"]);
+    if let Some(f) = filter {
+        c.arg(f);
+    }
+    c.args(["--test-threads=1", "--nocapture"])
+        .env("BINDSTO_BIN", bin);
+    status(&mut c)?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
