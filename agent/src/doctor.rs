@@ -62,7 +62,12 @@ impl Report {
     }
 }
 
-fn check(requirement: &str, verdict: Verdict, detail: impl Into<String>, fix: Option<&str>) -> Check {
+fn check(
+    requirement: &str,
+    verdict: Verdict,
+    detail: impl Into<String>,
+    fix: Option<&str>,
+) -> Check {
     Check {
         requirement: requirement.into(),
         verdict,
@@ -91,7 +96,12 @@ pub fn run() -> Report {
     let caps = cap_eff().unwrap_or(0);
     let has = |c: u32| caps & (1u64 << c) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        checks.push(check("privileges (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)", Verdict::Ok, format!("CapEff {caps:#x}"), None));
+        checks.push(check(
+            "privileges (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)",
+            Verdict::Ok,
+            format!("CapEff {caps:#x}"),
+            None,
+        ));
     } else {
         checks.push(check(
             "privileges (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)",
@@ -113,7 +123,12 @@ pub fn run() -> Report {
     }
 
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
-        checks.push(check("BTF (/sys/kernel/btf/vmlinux)", Verdict::Ok, "present", None));
+        checks.push(check(
+            "BTF (/sys/kernel/btf/vmlinux)",
+            Verdict::Ok,
+            "present",
+            None,
+        ));
     } else {
         checks.push(check(
             "BTF (/sys/kernel/btf/vmlinux)",
@@ -123,18 +138,28 @@ pub fn run() -> Report {
         ));
     }
 
-    for (p, what) in [("/proc/self/mountinfo", "mount table"), ("/sys/dev/block", "block device topology")] {
+    for (p, what) in [
+        ("/proc/self/mountinfo", "mount table"),
+        ("/sys/dev/block", "block device topology"),
+    ] {
         if Path::new(p).exists() {
             checks.push(check(what, Verdict::Ok, p, None));
         } else {
-            checks.push(check(what, Verdict::Fail, format!("{p} missing"), Some("mount proc and sysfs")));
+            checks.push(check(
+                what,
+                Verdict::Fail,
+                format!("{p} missing"),
+                Some("mount proc and sysfs"),
+            ));
         }
     }
 
     if tracefs.is_some() {
         let (loaded, _maps, status) = run::load_probes();
         if loaded.is_none() {
-            let detail = status.first().map_or_else(String::new, |s| s.detail.clone());
+            let detail = status
+                .first()
+                .map_or_else(String::new, |s| s.detail.clone());
             checks.push(check(
                 "load kernel programs",
                 Verdict::Fail,
@@ -148,14 +173,23 @@ pub fn run() -> Report {
             for s in status {
                 let (verdict, fix) = match s.state {
                     ProbeState::Attached => (Verdict::Ok, None),
-                    ProbeState::Missing => (
+                    ProbeState::Missing => (Verdict::Warn, Some(missing_fix(&s.probe))),
+                    ProbeState::Failed => (
                         Verdict::Warn,
-                        Some(missing_fix(&s.probe)),
+                        Some("report this kernel's format file for the tracepoint"),
                     ),
-                    ProbeState::Failed => (Verdict::Warn, Some("report this kernel's format file for the tracepoint")),
                 };
-                let detail = if s.detail.is_empty() { "attached".to_string() } else { s.detail };
-                checks.push(check(&format!("tracepoint {}", s.probe), verdict, detail, fix));
+                let detail = if s.detail.is_empty() {
+                    "attached".to_string()
+                } else {
+                    s.detail
+                };
+                checks.push(check(
+                    &format!("tracepoint {}", s.probe),
+                    verdict,
+                    detail,
+                    fix,
+                ));
             }
         }
         // Dropping `loaded` detaches everything: doctor leaves nothing behind.

@@ -132,7 +132,12 @@ impl Engine {
         probe_tx: mpsc::UnboundedSender<ProbeDone>,
     ) -> Self {
         let now = SystemTime::now();
-        let subsystem = Target::new(Kind::Subsystem, "mount", cfg.detect.mount_calls_critical, now);
+        let subsystem = Target::new(
+            Kind::Subsystem,
+            "mount",
+            cfg.detect.mount_calls_critical,
+            now,
+        );
         Self {
             metrics: shared.metrics.clone(),
             cfg,
@@ -168,7 +173,11 @@ impl Engine {
 
     /// Re-reads the mount table and the devices under the observed mounts. Targets of mounts
     /// that are still there keep their state; a remount (new mount id) starts fresh.
-    pub fn refresh_topology(&mut self, mountinfo: &str, path_exists: &dyn Fn(&Path) -> Option<bool>) {
+    pub fn refresh_topology(
+        &mut self,
+        mountinfo: &str,
+        path_exists: &dyn Fn(&Path) -> Option<bool>,
+    ) {
         let entries = match topology::parse_mountinfo(mountinfo) {
             Ok(e) => e,
             Err(e) => {
@@ -200,7 +209,11 @@ impl Engine {
                     ));
                 }
                 Some(m) => {
-                    let exists = if m.mount_point == w.path { Some(true) } else { path_exists(&w.path) };
+                    let exists = if m.mount_point == w.path {
+                        Some(true)
+                    } else {
+                        path_exists(&w.path)
+                    };
                     match exists {
                         Some(false) => ws.problem = Some("path does not exist".into()),
                         None => ws.problem = Some("could not check the path (timed out)".into()),
@@ -231,7 +244,9 @@ impl Engine {
 
         let mut old = std::mem::take(&mut self.mounts);
         for (mp, (entry, critical)) in desired {
-            let kept = old.remove(&mp).filter(|o| o.entry.mount_id == entry.mount_id);
+            let kept = old
+                .remove(&mp)
+                .filter(|o| o.entry.mount_id == entry.mount_id);
             let obs = match kept {
                 Some(mut o) => {
                     if o.target.critical != critical {
@@ -331,7 +346,9 @@ impl Engine {
     pub fn on_event(&mut self, ev: &KernelEvent) {
         let now = SystemTime::now();
         match ev {
-            KernelEvent::XfsShutdown { dev, ptag, flags, .. } => {
+            KernelEvent::XfsShutdown {
+                dev, ptag, flags, ..
+            } => {
                 let detail = format!(
                     "xfs_force_shutdown on {dev}: {} (ptag {ptag:#x})",
                     events::shutdown_flags(*flags)
@@ -351,7 +368,9 @@ impl Engine {
                 debug!(%dev, "xfs log item aborted");
                 self.probe_now(self.mounts_on_fs(*dev));
             }
-            KernelEvent::XfsCorrupt { dev, what, flags, .. } => {
+            KernelEvent::XfsCorrupt {
+                dev, what, flags, ..
+            } => {
                 let what = match what {
                     CorruptWhat::Fs => "filesystem".to_string(),
                     CorruptWhat::Inode(ino) => format!("inode {ino}"),
@@ -360,7 +379,9 @@ impl Engine {
                 warn!(%dev, what, flags, "XFS marked metadata corrupt");
                 self.probe_now(self.mounts_on_fs(*dev));
             }
-            KernelEvent::BlockError { dev, error, sector, .. } => {
+            KernelEvent::BlockError {
+                dev, error, sector, ..
+            } => {
                 let name = self.device_name(*dev);
                 self.metrics
                     .block_io_errors
@@ -429,7 +450,9 @@ impl Engine {
     /// Starts a probe of the mount unless one is still outstanding (a hung one stays
     /// outstanding: one blocked thread per mount at most).
     fn spawn_probe(&mut self, mp: &Path) {
-        let Some(o) = self.mounts.get_mut(mp) else { return };
+        let Some(o) = self.mounts.get_mut(mp) else {
+            return;
+        };
         if o.probe_since.is_some() {
             return;
         }
@@ -451,7 +474,9 @@ impl Engine {
     pub fn on_probe(&mut self, done: ProbeDone) {
         let now = SystemTime::now();
         let cfg = Arc::clone(&self.cfg);
-        let Some(o) = self.mounts.get_mut(&done.mount_point) else { return };
+        let Some(o) = self.mounts.get_mut(&done.mount_point) else {
+            return;
+        };
         if o.entry.mount_id != done.mount_id {
             return;
         }
@@ -472,7 +497,8 @@ impl Engine {
         match outcome.statx {
             // Already known (from the tracepoint): keep that more precise reason.
             Err(Errno::EIO) if o.entry.fstype == "xfs" && !o.target.has(Signal::XfsShutdown) => {
-                let detail = "statx of the mount root fails with EIO: the filesystem is shut down".to_string();
+                let detail = "statx of the mount root fails with EIO: the filesystem is shut down"
+                    .to_string();
                 transitions.extend(o.target.raise(Signal::XfsShutdown, detail, now));
                 warn!(mount = %done.mount_point.display(), "XFS shutdown confirmed by statx (EIO)");
                 shutdown_dev = Some(o.entry.dev);
@@ -490,9 +516,11 @@ impl Engine {
             }
         }
         if let Some(u) = outcome.usage {
-            let space = cfg.detect.fs_full_percent > 0.0 && u.space_used_percent >= cfg.detect.fs_full_percent;
+            let space = cfg.detect.fs_full_percent > 0.0
+                && u.space_used_percent >= cfg.detect.fs_full_percent;
             let inodes = cfg.detect.inodes_full_percent > 0.0
-                && u.inodes_used_percent.is_some_and(|p| p >= cfg.detect.inodes_full_percent);
+                && u.inodes_used_percent
+                    .is_some_and(|p| p >= cfg.detect.inodes_full_percent);
             transitions.extend(o.target.set(
                 Signal::FsFull,
                 space || inodes,
@@ -523,16 +551,25 @@ impl Engine {
         let now = SystemTime::now();
         let cfg = Arc::clone(&self.cfg);
         let (mut rq, mut calls, stats) = match maps {
-            Some(m) => (Some(&mut m.rq_inflight), Some(&mut m.mount_calls), Some(&m.stats)),
+            Some(m) => (
+                Some(&mut m.rq_inflight),
+                Some(&mut m.mount_calls),
+                Some(&m.stats),
+            ),
             None => (None, None, None),
         };
 
         // Block devices.
         let now_ns = scanner::monotonic_ns();
-        let by_dev = rq.as_deref().map(scanner::block_inflight).unwrap_or_default();
+        let by_dev = rq
+            .as_deref()
+            .map(scanner::block_inflight)
+            .unwrap_or_default();
         let names: Vec<String> = self.devices.keys().cloned().collect();
         for name in names {
-            let Some(d) = self.devices.get_mut(&name) else { continue };
+            let Some(d) = self.devices.get_mut(&name) else {
+                continue;
+            };
             let read_ns = scanner::monotonic_ns();
             let (inflight, completed) = match (
                 self.sysfs.inflight(&d.block.sysfs_dir),
@@ -575,7 +612,10 @@ impl Engine {
                 .last_error
                 .is_some_and(|t| t.elapsed() < cfg.detect.io_errors_window);
             let err_detail = d.last_error_detail.clone();
-            ts.extend(d.target.set(Signal::IoErrors, recent_errors, || err_detail, now));
+            ts.extend(
+                d.target
+                    .set(Signal::IoErrors, recent_errors, || err_detail, now),
+            );
             for t in ts {
                 log_transition(&d.target, &t);
             }
@@ -616,9 +656,9 @@ impl Engine {
                     first.age.as_secs_f64()
                 )
             };
-            if let Some(t) = self
-                .subsystem
-                .set(Signal::MountBlocked, !blocked.is_empty(), detail, now)
+            if let Some(t) =
+                self.subsystem
+                    .set(Signal::MountBlocked, !blocked.is_empty(), detail, now)
             {
                 log_transition(&self.subsystem, &t);
             }
@@ -627,7 +667,9 @@ impl Engine {
         // Mounts: follow their devices, probe them.
         let mps: Vec<PathBuf> = self.mounts.keys().cloned().collect();
         for mp in mps {
-            let Some(o) = self.mounts.get_mut(&mp) else { continue };
+            let Some(o) = self.mounts.get_mut(&mp) else {
+                continue;
+            };
             let stalled: Vec<&String> = o
                 .devices
                 .iter()
@@ -636,15 +678,25 @@ impl Engine {
             let erroring: Vec<&String> = o
                 .devices
                 .iter()
-                .filter(|n| self.devices.get(*n).is_some_and(|d| d.target.has(Signal::IoErrors)))
+                .filter(|n| {
+                    self.devices
+                        .get(*n)
+                        .is_some_and(|d| d.target.has(Signal::IoErrors))
+                })
                 .collect();
             let mut ts = Vec::new();
             let stall_detail = || {
                 let n = stalled[0];
-                let age = self.devices.get(n).map_or(0.0, |d| d.oldest_inflight.as_secs_f64());
+                let age = self
+                    .devices
+                    .get(n)
+                    .map_or(0.0, |d| d.oldest_inflight.as_secs_f64());
                 format!("device {n} stalled: oldest request in flight {age:.1}s")
             };
-            ts.extend(o.target.set(Signal::IoStall, !stalled.is_empty(), stall_detail, now));
+            ts.extend(
+                o.target
+                    .set(Signal::IoStall, !stalled.is_empty(), stall_detail, now),
+            );
             if erroring.is_empty() {
                 ts.extend(o.target.clear(Signal::IoErrors, now));
             }
@@ -665,7 +717,10 @@ impl Engine {
                             .inc();
                     }
                     if o.is_nfs() && waited >= cfg.detect.nfs_stall_after {
-                        let detail = format!("statx of the mount root unanswered for {:.0}s", waited.as_secs_f64());
+                        let detail = format!(
+                            "statx of the mount root unanswered for {:.0}s",
+                            waited.as_secs_f64()
+                        );
                         if let Some(t) = o.target.raise(Signal::NfsStall, detail, now) {
                             log_transition(&o.target, &t);
                         }
@@ -688,7 +743,9 @@ impl Engine {
     fn read_kernel_stats(&mut self, stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>) {
         let idx = [Stat::EventsLost, Stat::RqMapFull, Stat::MountMapFull];
         for (i, stat) in idx.iter().enumerate() {
-            let Ok(values) = stats.get(&(*stat as u32), 0) else { continue };
+            let Ok(values) = stats.get(&(*stat as u32), 0) else {
+                continue;
+            };
             let total: u64 = values.iter().sum();
             let delta = total.saturating_sub(self.kernel_stats_seen[i]);
             self.kernel_stats_seen[i] = total;
@@ -702,7 +759,11 @@ impl Engine {
                     warn!(lost = delta, "kernel events lost: ring buffer full");
                 }
                 Stat::RqMapFull | Stat::MountMapFull => {
-                    let map = if *stat == Stat::RqMapFull { "rq_inflight" } else { "mount_calls" };
+                    let map = if *stat == Stat::RqMapFull {
+                        "rq_inflight"
+                    } else {
+                        "mount_calls"
+                    };
                     self.metrics
                         .map_full
                         .get_or_create(&metrics::MapLabels { map: map.into() })

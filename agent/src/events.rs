@@ -8,15 +8,30 @@ use crate::topology::DevId;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     /// `xfs:xfs_force_shutdown` on the filesystem whose superblock device is `dev`.
-    XfsShutdown { dev: DevId, ptag: i32, flags: u32, ts_ns: u64 },
+    XfsShutdown {
+        dev: DevId,
+        ptag: i32,
+        flags: u32,
+        ts_ns: u64,
+    },
     /// `xfs:xfs_buf_ioerror` with a negative errno.
     XfsBufIoError { dev: DevId, error: i32, ts_ns: u64 },
     /// `xfs:xlog_ail_insert_abort`: a log item was aborted (log I/O failed).
     XfsAilAbort { dev: DevId, ts_ns: u64 },
     /// One of the XFS "mark corrupt" tracepoints.
-    XfsCorrupt { dev: DevId, what: CorruptWhat, flags: u32, ts_ns: u64 },
+    XfsCorrupt {
+        dev: DevId,
+        what: CorruptWhat,
+        flags: u32,
+        ts_ns: u64,
+    },
     /// A block request failed on the whole disk `dev`.
-    BlockError { dev: DevId, error: i32, sector: u64, ts_ns: u64 },
+    BlockError {
+        dev: DevId,
+        error: i32,
+        sector: u64,
+        ts_ns: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,8 +188,21 @@ mod tests {
         let mut buf = vec![0u8];
         buf.extend(bytes(&e));
         let got = KernelEvent::decode(&buf[1..]).unwrap();
-        assert_eq!(got.dev(), DevId { major: 259, minor: 1 });
-        assert!(matches!(got, KernelEvent::BlockError { error: -5, sector: 1234, .. }));
+        assert_eq!(
+            got.dev(),
+            DevId {
+                major: 259,
+                minor: 1
+            }
+        );
+        assert!(matches!(
+            got,
+            KernelEvent::BlockError {
+                error: -5,
+                sector: 1234,
+                ..
+            }
+        ));
         assert!(errno_name(-5).contains("EIO"));
     }
 
@@ -182,12 +210,18 @@ mod tests {
     fn rejects_short_and_unknown() {
         assert_eq!(
             KernelEvent::decode(&[0u8; 8]),
-            Err(DecodeError::TooShort { got: 8, want: size_of::<Event>() })
+            Err(DecodeError::TooShort {
+                got: 8,
+                want: size_of::<Event>()
+            })
         );
         let e = Event {
             kind: 99,
             ..Default::default()
         };
-        assert_eq!(KernelEvent::decode(&bytes(&e)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            KernelEvent::decode(&bytes(&e)),
+            Err(DecodeError::UnknownKind(99))
+        );
     }
 }

@@ -87,9 +87,10 @@ impl Kind {
     /// degrade it until XFS itself gives up (shutdown) or the device stalls.
     pub fn severity(self, signal: Signal) -> State {
         match (self, signal) {
-            (_, Signal::XfsShutdown | Signal::IoStall | Signal::NfsStall | Signal::MountBlocked) => {
-                State::Failed
-            }
+            (
+                _,
+                Signal::XfsShutdown | Signal::IoStall | Signal::NfsStall | Signal::MountBlocked,
+            ) => State::Failed,
             (_, Signal::IoErrors | Signal::FsFull) => State::Degraded,
         }
     }

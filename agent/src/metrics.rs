@@ -212,8 +212,12 @@ mod tests {
         m.target_healthy
             .get_or_create(&target_labels("mount", "/x", true))
             .set(1);
-        m.block_io_errors.get_or_create(&device_labels("loop0")).inc();
-        m.inflight_oldest.get_or_create(&device_labels("loop0")).set(1.5);
+        m.block_io_errors
+            .get_or_create(&device_labels("loop0"))
+            .inc();
+        m.inflight_oldest
+            .get_or_create(&device_labels("loop0"))
+            .set(1.5);
         m.probe_attached
             .get_or_create(&ProbeLabels {
                 probe: "xfs:xfs_force_shutdown".into(),

@@ -65,9 +65,17 @@ pub fn tracefs() -> Option<PathBuf> {
 
 /// Loads and attaches the kernel programs; on failure the agent runs on sysfs and probes
 /// alone, and every probe is reported as failed.
-pub fn load_probes() -> (Option<Loaded>, Option<crate::probes::Maps>, Vec<ProbeStatus>) {
+pub fn load_probes() -> (
+    Option<Loaded>,
+    Option<crate::probes::Maps>,
+    Vec<ProbeStatus>,
+) {
     let Some(tracefs) = tracefs() else {
-        return (None, None, all_probes(ProbeState::Failed, "tracefs not available"));
+        return (
+            None,
+            None,
+            all_probes(ProbeState::Failed, "tracefs not available"),
+        );
     };
     match Loaded::load(&tracefs) {
         Ok((loaded, maps)) => {
@@ -174,7 +182,10 @@ async fn ring_readable(
 }
 
 /// Runs the agent, serving HTTP on the configured address, until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -186,7 +197,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
 /// One-shot verdict for `bindsto check`: the engine runs for `duration` (no HTTP), then its
 /// status is returned.
-pub async fn check(cfg: Config, duration: Duration) -> Result<Arc<crate::status::Status>, RunError> {
+pub async fn check(
+    cfg: Config,
+    duration: Duration,
+) -> Result<Arc<crate::status::Status>, RunError> {
     let shared = drive(cfg, None, tokio::time::sleep(duration)).await?;
     Ok(shared.status())
 }
@@ -202,15 +216,21 @@ async fn drive(
     let shared = Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run));
 
     let (mut loaded, maps, probe_status) = load_probes();
-    let (mut ring, mut scan_maps): (Option<AsyncFd<RingBuf<MapData>>>, Option<ScanMaps>) = match maps {
-        // SAFETY: the ring buffer's fd is owned by the value moved into the AsyncFd and
-        // is closed only when the AsyncFd (and its registration) is dropped.
-        Some(m) => (unsafe { AsyncFd::register(m.events) }.ok(), Some(m.scan)),
-        None => (None, None),
-    };
+    let (mut ring, mut scan_maps): (Option<AsyncFd<RingBuf<MapData>>>, Option<ScanMaps>) =
+        match maps {
+            // SAFETY: the ring buffer's fd is owned by the value moved into the AsyncFd and
+            // is closed only when the AsyncFd (and its registration) is dropped.
+            Some(m) => (unsafe { AsyncFd::register(m.events) }.ok(), Some(m.scan)),
+            None => (None, None),
+        };
 
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
-    let mut engine = Engine::new(Arc::clone(&cfg), Sysfs::new("/sys"), Arc::clone(&shared), probe_tx);
+    let mut engine = Engine::new(
+        Arc::clone(&cfg),
+        Sysfs::new("/sys"),
+        Arc::clone(&shared),
+        probe_tx,
+    );
     engine.set_probes(&probe_status);
     let checker = PathChecker::default();
     engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p));

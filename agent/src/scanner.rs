@@ -32,14 +32,21 @@ pub fn block_inflight(map: &HashMap<MapData, RqKey, RqVal>) -> BTreeMap<DevId, M
     for (key, val) in map.iter().flatten() {
         let e = out.entry(DevId::from_kernel(key.dev)).or_default();
         e.requests += u64::from(val.count.max(1));
-        e.oldest_start_ns = Some(e.oldest_start_ns.map_or(val.start_ns, |o| o.min(val.start_ns)));
+        e.oldest_start_ns = Some(
+            e.oldest_start_ns
+                .map_or(val.start_ns, |o| o.min(val.start_ns)),
+        );
     }
     out
 }
 
 /// Removes entries of `dev` issued before `before_ns`: called when sysfs says nothing is in
 /// flight on the disk, so such entries lost their completion (partial completion, a race).
-pub fn forget_leaked(map: &mut HashMap<MapData, RqKey, RqVal>, dev: DevId, before_ns: u64) -> usize {
+pub fn forget_leaked(
+    map: &mut HashMap<MapData, RqKey, RqVal>,
+    dev: DevId,
+    before_ns: u64,
+) -> usize {
     let stale: Vec<RqKey> = map
         .iter()
         .flatten()
@@ -159,7 +166,10 @@ mod tests {
         c.fstype[..3].copy_from_slice(b"xfs");
         let d = decode_call((42u64 << 32) | 43, &c, 4 * S);
         assert_eq!((d.tgid, d.tid, d.syscall), (42, 43, "mount"));
-        assert_eq!((d.source.as_str(), d.target.as_str(), d.fstype.as_str()), ("/dev/loop", "/mnt", "xfs"));
+        assert_eq!(
+            (d.source.as_str(), d.target.as_str(), d.fstype.as_str()),
+            ("/dev/loop", "/mnt", "xfs")
+        );
         assert_eq!(d.comm, "mount");
         assert_eq!(d.age, Duration::from_secs(3));
     }

@@ -37,7 +37,6 @@ pub struct Status {
     pub events_lost: u64,
 }
 
-
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetStatus {
     pub kind: &'static str,
@@ -112,7 +111,12 @@ pub fn render_table(doc: &serde_json::Value) -> String {
             Some(x) => x.to_string(),
         }
     };
-    let arr = |k: &str| doc.get(k).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let arr = |k: &str| {
+        doc.get(k)
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
     let mut out = String::new();
     let healthy = doc.get("healthy").and_then(serde_json::Value::as_bool) == Some(true);
     let _ = writeln!(
@@ -127,7 +131,11 @@ pub fn render_table(doc: &serde_json::Value) -> String {
         }
     );
     let _ = writeln!(out, "\nTARGETS");
-    let _ = writeln!(out, "  {:<10} {:<32} {:<9} {:<8} REASONS", "KIND", "ID", "STATE", "CRITICAL");
+    let _ = writeln!(
+        out,
+        "  {:<10} {:<32} {:<9} {:<8} REASONS",
+        "KIND", "ID", "STATE", "CRITICAL"
+    );
     for t in arr("targets") {
         let reasons: Vec<String> = t
             .get("reasons")
@@ -145,11 +153,19 @@ pub fn render_table(doc: &serde_json::Value) -> String {
             s(&t, "id"),
             s(&t, "state"),
             s(&t, "critical"),
-            if reasons.is_empty() { "-".to_string() } else { reasons.join("; ") }
+            if reasons.is_empty() {
+                "-".to_string()
+            } else {
+                reasons.join("; ")
+            }
         );
     }
     let _ = writeln!(out, "\nDEVICES");
-    let _ = writeln!(out, "  {:<12} {:<8} {:>8} {:>14} {:>9}", "NAME", "DEV", "INFLIGHT", "OLDEST_S", "IO_ERRORS");
+    let _ = writeln!(
+        out,
+        "  {:<12} {:<8} {:>8} {:>14} {:>9}",
+        "NAME", "DEV", "INFLIGHT", "OLDEST_S", "IO_ERRORS"
+    );
     for d in arr("devices") {
         let _ = writeln!(
             out,

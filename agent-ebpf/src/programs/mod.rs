@@ -5,8 +5,8 @@ mod mounts;
 mod xfs;
 
 use agent_ebpf::{
-    Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets, RINGBUF_BYTES, RQ_MAP_ENTRIES,
-    RqKey, RqVal, STAT_COUNT, Stat,
+    Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets, RINGBUF_BYTES, RQ_MAP_ENTRIES, RqKey,
+    RqVal, STAT_COUNT, Stat,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},

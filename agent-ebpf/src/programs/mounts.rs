@@ -3,9 +3,7 @@
 
 use agent_ebpf::{COMM_LEN, Field, MountCall, Stat, Syscall};
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as raw,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as raw},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -165,7 +163,9 @@ fn read_str<const N: usize>(ctx: &TracePointContext, off: Option<usize>, buf: &m
     // The raw helper, because the safe wrapper slices its result and the bounds check
     // leaves a panic call the verifier rejects.
     // SAFETY: the helper handles faults and always NUL-terminates within N bytes.
-    if unsafe { raw::bpf_probe_read_user_str(buf.as_mut_ptr().cast(), N as u32, ptr as *const _) } < 0 {
+    if unsafe { raw::bpf_probe_read_user_str(buf.as_mut_ptr().cast(), N as u32, ptr as *const _) }
+        < 0
+    {
         buf[0] = 0;
     }
 }

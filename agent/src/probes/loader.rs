@@ -167,9 +167,7 @@ impl Loaded {
             }
         }
         // Without block_rq_error (5.10), completions with an error are the only error signal.
-        let have_rq_error = ready
-            .iter()
-            .any(|(_, tp, _)| tp.event == "block_rq_error")
+        let have_rq_error = ready.iter().any(|(_, tp, _)| tp.event == "block_rq_error")
             || previous.contains("block:block_rq_error");
         if have_rq_error {
             offsets.flags &= !FLAG_ERRORS_FROM_COMPLETE;
@@ -240,7 +238,12 @@ impl Loaded {
         Ok(None)
     }
 
-    fn attach(&mut self, program: &'static str, system: &str, event: &str) -> Result<(), ProbeError> {
+    fn attach(
+        &mut self,
+        program: &'static str,
+        system: &str,
+        event: &str,
+    ) -> Result<(), ProbeError> {
         let prog: &mut TracePoint = self
             .ebpf
             .program_mut(program)
