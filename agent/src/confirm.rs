@@ -30,11 +30,11 @@ pub fn probe(mount_point: &Path) -> Outcome {
     let usage = if statx.is_ok() {
         nix::sys::statfs::statfs(mount_point).ok().and_then(|s| {
             usage(
-                s.blocks() as u64,
-                s.blocks_free() as u64,
-                s.blocks_available() as u64,
-                s.files() as u64,
-                s.files_free() as u64,
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
             )
         })
     } else {

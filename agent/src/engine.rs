@@ -189,7 +189,7 @@ impl Engine {
         // Mount point -> (entry, critical). Later entries win: the top of a stack of mounts.
         let mut desired: BTreeMap<PathBuf, (MountEntry, bool)> = BTreeMap::new();
         for e in &entries {
-            if self.cfg.detect.fstypes.iter().any(|t| *t == e.fstype) {
+            if self.cfg.detect.fstypes.contains(&e.fstype) {
                 desired.insert(e.mount_point.clone(), (e.clone(), false));
             }
         }
@@ -432,10 +432,10 @@ impl Engine {
     }
 
     fn raise_mount(&mut self, mp: &Path, signal: Signal, detail: String, now: SystemTime) {
-        if let Some(o) = self.mounts.get_mut(mp) {
-            if let Some(t) = o.target.raise(signal, detail, now) {
-                log_transition(&o.target, &t);
-            }
+        if let Some(o) = self.mounts.get_mut(mp)
+            && let Some(t) = o.target.raise(signal, detail, now)
+        {
+            log_transition(&o.target, &t);
         }
     }
 
@@ -550,7 +550,7 @@ impl Engine {
         let started = Instant::now();
         let now = SystemTime::now();
         let cfg = Arc::clone(&self.cfg);
-        let (mut rq, mut calls, stats) = match maps {
+        let (mut rq, calls, stats) = match maps {
             Some(m) => (
                 Some(&mut m.rq_inflight),
                 Some(&mut m.mount_calls),
@@ -581,12 +581,13 @@ impl Engine {
             };
             let no_progress = d.progress.observe(read_ns, inflight, completed);
             let map = by_dev.get(&d.dev).copied().unwrap_or_default();
-            if inflight == 0 && map.requests > 0 {
-                if let Some(rq) = rq.as_deref_mut() {
-                    let n = scanner::forget_leaked(rq, d.dev, read_ns);
-                    if n > 0 {
-                        debug!(device = %name, entries = n, "dropped request entries that lost their completion");
-                    }
+            if inflight == 0
+                && map.requests > 0
+                && let Some(rq) = rq.as_deref_mut()
+            {
+                let n = scanner::forget_leaked(rq, d.dev, read_ns);
+                if n > 0 {
+                    debug!(device = %name, entries = n, "dropped request entries that lost their completion");
                 }
             }
             d.inflight = inflight;
@@ -631,7 +632,7 @@ impl Engine {
         }
 
         // Mount-family calls.
-        if let Some(calls_map) = calls.as_deref_mut() {
+        if let Some(calls_map) = calls {
             let all = scanner::mount_calls(calls_map, scanner::monotonic_ns());
             let oldest = all.first().map_or(0.0, |c| c.age.as_secs_f64());
             self.metrics.mount_call_oldest_blocked.set(oldest);

@@ -126,7 +126,7 @@ pub fn mount_calls(map: &mut HashMap<MapData, u64, MountCall>, now_ns: u64) -> V
     for k in dead {
         let _ = map.remove(&k);
     }
-    calls.sort_by(|a, b| b.age.cmp(&a.age));
+    calls.sort_by_key(|c| std::cmp::Reverse(c.age));
     calls
 }
 

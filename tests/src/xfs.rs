@@ -11,6 +11,9 @@ use crate::faulty::{FaultyDisk, Mode};
 use crate::proc::{run_cmd, run_with_timeout};
 use crate::sys::mounts_at;
 
+/// mkfs.xfs (xfsprogs >= 5.19) refuses to make a filesystem smaller than 300 MiB.
+pub const MIN_XFS_BYTES: u64 = 300 * 1024 * 1024;
+
 /// An XFS on a [`FaultyDisk`]'s loop device, mounted at a temp dir. It borrows the disk, so it
 /// is always dropped (unmounted) before the disk is torn down.
 ///
@@ -37,6 +40,12 @@ impl<'d> XfsMount<'d> {
         mkfs_args: &[&str],
         mount_opts: Option<&str>,
     ) -> anyhow::Result<Self> {
+        if disk.size() < MIN_XFS_BYTES {
+            bail!(
+                "the disk has {} MiB; mkfs.xfs makes no XFS under 300 MiB",
+                disk.size() >> 20
+            );
+        }
         mkfs_xfs(disk, mkfs_args)?;
         Self::mount_existing(disk, mount_opts)
     }
