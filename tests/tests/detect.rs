@@ -1,0 +1,324 @@
+//! The real agent binary against real failures on the running kernel: a FUSE-backed faulty
+//! disk under a loop device with XFS. The agent is observed only through `/status`,
+//! `/healthz` and `/metrics`. Latencies are printed as `LATENCY <test>: <ms>` lines.
+//!
+//! Needs root. Run: `cargo xtask test` (or `cargo test -p bindsto-tests -- --test-threads=1`
+//! after `cargo build -p bindsto`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use bindsto_tests::{Agent, BgProcess, FaultyDisk, Mode, XfsMount, faultyfs_bin, privileged};
+use serde_json::Value;
+
+const SIZE_MB: u64 = 300;
+const POLL: Duration = Duration::from_millis(20);
+
+fn disk() -> FaultyDisk {
+    FaultyDisk::with_binary(faultyfs_bin!(), SIZE_MB).expect("FaultyDisk")
+}
+
+/// The test config of the issue: 250 ms scans, 3 s thresholds, the mount watched as critical.
+fn config(watch: &Path) -> String {
+    format!(
+        r#"listen = "127.0.0.1:9842"
+dry_run = true
+
+[detect]
+scan_interval = "250ms"
+io_stall_after = "3s"
+mount_blocked_after = "3s"
+probe_timeout = "2s"
+fstypes = ["xfs"]
+
+[[watch]]
+path = "{}"
+critical = true
+"#,
+        watch.display()
+    )
+}
+
+fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
+    s["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["kind"] == kind && t["id"] == id)
+}
+
+fn state(s: &Value, kind: &str, id: &str) -> String {
+    target(s, kind, id)
+        .and_then(|t| t["state"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+fn has_reason(s: &Value, kind: &str, id: &str, signal: &str) -> bool {
+    target(s, kind, id)
+        .and_then(|t| t["reasons"].as_array())
+        .is_some_and(|rs| rs.iter().any(|r| r["signal"] == signal))
+}
+
+fn device<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
+    s["devices"].as_array()?.iter().find(|d| d["name"] == name)
+}
+
+fn mp(xfs: &XfsMount<'_>) -> String {
+    xfs.path().display().to_string()
+}
+
+/// Starts the agent and waits until it observes the mount, healthy.
+fn start_agent(cfg: &str, mount: &str) -> Agent {
+    let mut agent = Agent::start(cfg);
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            state(s, "mount", mount) == "healthy"
+        })
+        .unwrap_or_else(|e| panic!("the agent never observed {mount}: {e}"));
+    agent
+}
+
+fn latency(name: &str, d: Duration) {
+    eprintln!("LATENCY {name}: {} ms", d.as_millis());
+}
+
+#[test]
+fn explicit_shutdown_fails_the_mount_within_a_second() {
+    let _g = privileged();
+    let disk = disk();
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let m = mp(&xfs);
+    let mut agent = start_agent(&config(xfs.path()), &m);
+    assert_eq!(agent.healthz().0, 200);
+
+    let t0 = Instant::now();
+    xfs.shutdown().expect("xfs_io -x -c shutdown");
+    let took = agent
+        .wait_for(Duration::from_secs(5), POLL, |s| {
+            state(s, "mount", &m) == "failed" && has_reason(s, "mount", &m, "xfs_shutdown")
+        })
+        .unwrap_or_else(|e| panic!("no xfs_shutdown: {e}"));
+    let took = took.min(t0.elapsed());
+    latency("explicit_shutdown", took);
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    let (code, body) = agent.healthz();
+    assert_eq!(code, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("503 body is JSON");
+    assert!(
+        v["failed"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|t| t["id"] == m.as_str())),
+        "{body}"
+    );
+    let metrics = agent.metrics();
+    let dev = disk.loop_name();
+    assert!(
+        metrics.contains(&format!("bindsto_xfs_shutdowns_total{{device=\"{dev}\"}} 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "bindsto_target_healthy{{kind=\"mount\",target=\"{m}\",critical=\"true\"}} 0"
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn log_error_shutdown_is_confirmed_and_io_errors_reported() {
+    let _g = privileged();
+    let disk = disk();
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let m = mp(&xfs);
+    std::fs::write(xfs.path().join("before"), vec![1u8; 1 << 20]).expect("write");
+    let mut agent = start_agent(&config(xfs.path()), &m);
+
+    disk.set_mode(Mode::Error).expect("error mode");
+    let t0 = Instant::now();
+    let path = xfs.path().join("during");
+    let mut writer = BgProcess::sh(&format!(
+        "for i in 1 2 3 4 5 6 7 8; do dd if=/dev/zero of={p}.$i bs=64k count=16 2>/dev/null; done; sync",
+        p = path.display()
+    ))
+    .expect("writer");
+    let name = disk.loop_name();
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            has_reason(s, "mount", &m, "xfs_shutdown")
+                && device(s, &name).is_some_and(|d| d["io_errors"].as_u64() > Some(0))
+        })
+        .unwrap_or_else(|e| panic!("no confirmed shutdown with io_errors: {e}"));
+    let took = t0.elapsed();
+    latency("log_error_shutdown", took);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    let s = agent.status();
+    assert_eq!(state(&s, "mount", &m), "failed");
+    assert!(has_reason(&s, "device", &name, "io_errors"), "{s:#}");
+    let detail = target(&s, "mount", &m).unwrap()["reasons"].to_string();
+    eprintln!("log_error_shutdown reasons: {detail}");
+    assert_eq!(agent.healthz().0, 503);
+    let metrics = agent.metrics();
+    assert!(
+        metrics.contains(&format!("bindsto_block_io_errors_total{{device=\"{name}\"}}")),
+        "{metrics}"
+    );
+    writer.wait_timeout(Duration::from_secs(10));
+}
+
+#[test]
+fn hung_disk_is_a_stall_and_recovers() {
+    let _g = privileged();
+    let disk = disk();
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let m = mp(&xfs);
+    let mut agent = start_agent(&config(xfs.path()), &m);
+    let name = disk.loop_name();
+
+    disk.set_mode(Mode::Hang).expect("hang mode");
+    let t0 = Instant::now();
+    let mut writer = BgProcess::sh(&format!(
+        "dd if=/dev/zero of={}/f bs=64k count=16 2>/dev/null; sync",
+        xfs.path().display()
+    ))
+    .expect("writer");
+    let took = agent
+        .wait_for(Duration::from_secs(15), POLL, |s| {
+            has_reason(s, "device", &name, "io_stall")
+        })
+        .unwrap_or_else(|e| panic!("no io_stall: {e}"));
+    latency("io_stall", took);
+    // Not before the threshold, and within one scan (plus the writer reaching the disk).
+    assert!(took >= Duration::from_secs(3), "stall reported early: {took:?}");
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+
+    let s = agent.status();
+    assert_eq!(state(&s, "device", &name), "failed", "{s:#}");
+    assert!(
+        ["degraded", "failed"].contains(&state(&s, "mount", &m).as_str()),
+        "{s:#}"
+    );
+    let d = device(&s, &name).expect("device in /status");
+    assert!(d["inflight"].as_u64() >= Some(1), "{d}");
+    assert!(d["oldest_inflight_seconds"].as_f64() >= Some(3.0), "{d}");
+    assert_eq!(agent.healthz().0, 503);
+    let metrics = agent.metrics();
+    assert!(
+        metrics.contains(&format!("bindsto_block_inflight_oldest_seconds{{device=\"{name}\"}}")),
+        "{metrics}"
+    );
+
+    disk.set_mode(Mode::Pass).expect("pass mode");
+    let t1 = Instant::now();
+    agent
+        .wait_for(Duration::from_secs(15), POLL, |s| {
+            state(s, "device", &name) == "healthy" && state(s, "mount", &m) == "healthy"
+        })
+        .unwrap_or_else(|e| panic!("no recovery: {e}"));
+    latency("io_stall_recovery", t1.elapsed());
+    assert_eq!(agent.healthz().0, 200);
+    assert!(
+        writer.wait_timeout(Duration::from_secs(20)).is_some(),
+        "the writer finished once the disk answered"
+    );
+}
+
+/// Unmounts `path` on drop if something is mounted there from `dev` (a mount the test made
+/// itself by running `mount`), lazily if it is busy.
+struct MountGuard {
+    path: PathBuf,
+    source: String,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let ours = bindsto_tests::sys::mounts_at(&self.path)
+            .iter()
+            .any(|e| e.source == self.source);
+        if ours {
+            let ok = Command::new("umount")
+                .arg(&self.path)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn blocked_mount_call_is_listed_and_disappears() {
+    let _g = privileged();
+    let disk = disk();
+    bindsto_tests::xfs::mkfs_xfs(&disk, &[]).expect("mkfs");
+    let target_dir = tempfile::Builder::new()
+        .prefix("bindsto-mnt-")
+        .tempdir()
+        .expect("mount point");
+    let target_path = target_dir.path().canonicalize().unwrap();
+    let source = disk.loop_dev().display().to_string();
+    let mut agent = Agent::start(&config(Path::new("/nonexistent-watch")));
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            state(s, "subsystem", "mount") == "healthy"
+        })
+        .expect("agent up");
+
+    disk.set_mode(Mode::Hang).expect("hang mode");
+    let _guard = MountGuard {
+        path: target_path.clone(),
+        source: source.clone(),
+    };
+    let t0 = Instant::now();
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "xfs", &source]).arg(&target_path);
+    let mut mounter = BgProcess::spawn(cmd).expect("mount");
+    let target_s = target_path.display().to_string();
+    let listed = |s: &Value| {
+        s["blocked_mount_calls"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["syscall"] == "mount"
+                    && c["target"] == target_s.as_str()
+                    && c["source"] == source.as_str()
+                    && c["fstype"] == "xfs"
+            })
+        })
+    };
+    let took = agent
+        .wait_for(Duration::from_secs(15), POLL, listed)
+        .unwrap_or_else(|e| panic!("mount call not listed: {e}"));
+    latency("mount_blocked", took.min(t0.elapsed()));
+    assert!(took >= Duration::from_secs(3), "listed before the threshold: {took:?}");
+    assert!(took < Duration::from_millis(4000), "took {took:?}");
+
+    let seconds = |s: &Value| -> f64 {
+        s["blocked_mount_calls"][0]["blocked_seconds"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let s1 = agent.status();
+    assert_eq!(state(&s1, "subsystem", "mount"), "failed", "{s1:#}");
+    assert!(has_reason(&s1, "subsystem", "mount", "mount_blocked"));
+    assert_eq!(s1["blocked_mount_calls"][0]["pid"], mounter.pid());
+    std::thread::sleep(Duration::from_millis(800));
+    let s2 = agent.status();
+    assert!(seconds(&s2) > seconds(&s1), "blocked_seconds grows: {s1} then {s2}");
+    let metrics = agent.metrics();
+    assert!(metrics.contains("bindsto_mount_calls_blocked 1"), "{metrics}");
+
+    disk.set_mode(Mode::Pass).expect("pass mode");
+    assert!(
+        mounter.wait_timeout(Duration::from_secs(20)).is_some(),
+        "mount returned once the disk answered"
+    );
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            !listed(s) && state(s, "subsystem", "mount") == "healthy"
+        })
+        .unwrap_or_else(|e| panic!("the call stayed listed: {e}"));
+}
