@@ -325,3 +325,111 @@ fn blocked_mount_call_is_listed_and_disappears() {
         })
         .unwrap_or_else(|e| panic!("the call stayed listed: {e}"));
 }
+
+#[test]
+fn shutdown_mount_recovers_when_remounted() {
+    let _g = privileged();
+    let disk = disk();
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let m = mp(&xfs);
+    let mut agent = start_agent(&config(xfs.path()), &m);
+    xfs.shutdown().expect("shutdown");
+    agent
+        .wait_for(Duration::from_secs(5), POLL, |s| state(s, "mount", &m) == "failed")
+        .expect("failed");
+    // XFS never recovers on its own: the verdict stays while the dead mount stays.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(state(&agent.status(), "mount", &m), "failed");
+
+    xfs.unmount().expect("unmount the shut-down XFS");
+    let again = XfsMount::mount_existing(&disk, None).expect("mount again");
+    let m2 = mp(&again);
+    let t0 = Instant::now();
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            state(s, "mount", &m) == "absent" && state(s, "mount", &m2) == "healthy"
+        })
+        .unwrap_or_else(|e| panic!("no recovery after remount: {e}"));
+    latency("remount_recovery", t0.elapsed());
+    assert_eq!(agent.healthz().0, 200);
+}
+
+#[test]
+fn full_filesystem_degrades_the_mount() {
+    let _g = privileged();
+    let disk = disk();
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let m = mp(&xfs);
+    let cfg = config(xfs.path()).replace(
+        "fstypes = [\"xfs\"]",
+        "fstypes = [\"xfs\"]\nfs_full_percent = 50.0",
+    );
+    let mut agent = start_agent(&cfg, &m);
+    // 300 MiB XFS: 200 MiB of data is well above half.
+    let mut fill = BgProcess::sh(&format!(
+        "dd if=/dev/zero of={}/fill bs=1M count=200 conv=fsync 2>/dev/null",
+        xfs.path().display()
+    ))
+    .expect("fill");
+    assert!(fill.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()));
+    agent
+        .wait_for(Duration::from_secs(5), POLL, |s| {
+            state(s, "mount", &m) == "degraded" && has_reason(s, "mount", &m, "fs_full")
+        })
+        .unwrap_or_else(|e| panic!("no fs_full: {e}"));
+    assert_eq!(agent.healthz().0, 200, "fs_full degrades, it does not fail");
+    std::fs::remove_file(xfs.path().join("fill")).expect("rm");
+    agent
+        .wait_for(Duration::from_secs(5), POLL, |s| state(s, "mount", &m) == "healthy")
+        .unwrap_or_else(|e| panic!("fs_full did not clear: {e}"));
+}
+
+/// A request entry whose completion was lost (simulated by writing one into the agent's own
+/// map with bpftool) must not become a stall: sysfs says nothing is in flight, so the scanner
+/// drops it.
+#[test]
+fn leaked_map_entry_is_no_phantom_stall() {
+    let _g = privileged();
+    let disk = disk();
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let m = mp(&xfs);
+    let mut agent = start_agent(&config(xfs.path()), &m);
+    let name = disk.loop_name();
+    let minor: u32 = disk.dev_id().split(':').nth(1).unwrap().parse().unwrap();
+    let dev = (7u32 << 20) | minor;
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    let start_ns = (mono.tv_sec() as u64 - 100) * 1_000_000_000;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+    let mut key = dev.to_le_bytes().to_vec();
+    key.extend(0u32.to_le_bytes());
+    key.extend(0xdead_beefu64.to_le_bytes());
+    let mut val = start_ns.to_le_bytes().to_vec();
+    val.extend(1u32.to_le_bytes());
+    val.extend(8u32.to_le_bytes());
+    let mut cmd = Command::new("bpftool");
+    cmd.args(["map", "update", "name", "RQ_INFLIGHT", "key", "hex"])
+        .args(hex(&key))
+        .args(["value", "hex"])
+        .args(hex(&val));
+    let out = cmd.output().expect("bpftool");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Longer than io_stall_after plus several scans.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let s = agent.status();
+        assert!(!has_reason(&s, "device", &name, "io_stall"), "phantom stall: {s:#}");
+        assert_eq!(state(&s, "mount", &m), "healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lookup = Command::new("bpftool")
+        .args(["map", "lookup", "name", "RQ_INFLIGHT", "key", "hex"])
+        .args(hex(&key))
+        .output()
+        .expect("bpftool");
+    let err = String::from_utf8_lossy(&lookup.stderr);
+    assert!(
+        !lookup.status.success() && err.contains("not found"),
+        "the leaked entry was dropped by the scanner: {err}"
+    );
+}
