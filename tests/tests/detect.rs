@@ -427,9 +427,13 @@ fn leaked_map_entry_is_no_phantom_stall() {
         .args(hex(&key))
         .output()
         .expect("bpftool");
-    let err = String::from_utf8_lossy(&lookup.stderr);
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lookup.stdout),
+        String::from_utf8_lossy(&lookup.stderr)
+    );
     assert!(
-        !lookup.status.success() && err.contains("not found"),
+        !lookup.status.success() && err.to_lowercase().contains("not found"),
         "the leaked entry was dropped by the scanner: {err}"
     );
 }
