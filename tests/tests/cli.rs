@@ -51,7 +51,10 @@ fn malformed_config_names_key_and_line_and_exits_2() {
                 .expect("bindsto");
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{sub} {text:?}: {err}");
-            assert!(err.contains(&format!("line {line}")), "{sub}: no line {line} in: {err}");
+            assert!(
+                err.contains(&format!("line {line}")),
+                "{sub}: no line {line} in: {err}"
+            );
             assert!(err.contains(key), "{sub}: no key {key} in: {err}");
         }
     }
@@ -89,19 +92,34 @@ require_mountpoint = true
     assert_eq!(w[0]["problem"], "path does not exist", "{w}");
     assert!(w[0]["mount"].is_null());
     assert!(
-        w[1]["problem"].as_str().is_some_and(|p| p.contains("not a mount point")),
+        w[1]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("not a mount point")),
         "{w}"
     );
-    assert_eq!(agent.healthz().0, 200, "a watch that does not apply fails nothing");
+    assert_eq!(
+        agent.healthz().0,
+        200,
+        "a watch that does not apply fails nothing"
+    );
     assert!(agent.is_running());
-    assert!(agent.log().contains("watch does not apply"), "{}", agent.log());
+    assert!(
+        agent.log().contains("watch does not apply"),
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]
 fn doctor_reports_every_probe_attached_on_this_kernel() {
     let _g = privileged();
     let out = bindsto().args(["doctor", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let checks = v["checks"].as_array().unwrap();
     for probe in [
@@ -136,11 +154,20 @@ fn status_command_and_metrics_from_a_running_agent() {
         })
         .expect("status");
     let addr = agent.addr().to_string();
-    let out = bindsto().args(["status", "--addr", &addr]).output().unwrap();
+    let out = bindsto()
+        .args(["status", "--addr", &addr])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("HEALTHY") && text.contains("TARGETS"), "{text}");
-    let out = bindsto().args(["status", "--json", "--addr", &addr]).output().unwrap();
+    assert!(
+        text.contains("HEALTHY") && text.contains("TARGETS"),
+        "{text}"
+    );
+    let out = bindsto()
+        .args(["status", "--json", "--addr", &addr])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["healthy"], true);
 
@@ -163,10 +190,17 @@ fn config_default_prints_the_embedded_config() {
     let out = bindsto().args(["config", "default"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("/var/lib/docker") && text.contains("scan_interval"), "{text}");
+    assert!(
+        text.contains("/var/lib/docker") && text.contains("scan_interval"),
+        "{text}"
+    );
     // What it prints is a valid config that `check` accepts.
     let (_d, p) = write_config(&text);
-    let out = bindsto().args(["check", "--json", "--duration", "1s", "--config"]).arg(&p).output().unwrap();
+    let out = bindsto()
+        .args(["check", "--json", "--duration", "1s", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
         "{}",

@@ -118,7 +118,9 @@ fn explicit_shutdown_fails_the_mount_within_a_second() {
     let metrics = agent.metrics();
     let dev = disk.loop_name();
     assert!(
-        metrics.contains(&format!("bindsto_xfs_shutdowns_total{{device=\"{dev}\"}} 1")),
+        metrics.contains(&format!(
+            "bindsto_xfs_shutdowns_total{{device=\"{dev}\"}} 1"
+        )),
         "{metrics}"
     );
     assert!(
@@ -165,7 +167,9 @@ fn log_error_shutdown_is_confirmed_and_io_errors_reported() {
     assert_eq!(agent.healthz().0, 503);
     let metrics = agent.metrics();
     assert!(
-        metrics.contains(&format!("bindsto_block_io_errors_total{{device=\"{name}\"}}")),
+        metrics.contains(&format!(
+            "bindsto_block_io_errors_total{{device=\"{name}\"}}"
+        )),
         "{metrics}"
     );
     writer.wait_timeout(Duration::from_secs(10));
@@ -195,7 +199,10 @@ fn hung_disk_is_a_stall_and_recovers() {
     let took = t0.elapsed();
     latency("io_stall", took);
     // Not before the threshold, and within one scan (plus the writer reaching the disk).
-    assert!(took >= Duration::from_secs(3), "stall reported early: {took:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "stall reported early: {took:?}"
+    );
     assert!(took < Duration::from_millis(4500), "took {took:?}");
 
     let s = agent.status();
@@ -210,7 +217,9 @@ fn hung_disk_is_a_stall_and_recovers() {
     assert_eq!(agent.healthz().0, 503);
     let metrics = agent.metrics();
     assert!(
-        metrics.contains(&format!("bindsto_block_inflight_oldest_seconds{{device=\"{name}\"}}")),
+        metrics.contains(&format!(
+            "bindsto_block_inflight_oldest_seconds{{device=\"{name}\"}}"
+        )),
         "{metrics}"
     );
 
@@ -296,7 +305,10 @@ fn blocked_mount_call_is_listed_and_disappears() {
         .unwrap_or_else(|e| panic!("mount call not listed: {e}"));
     let took = t0.elapsed();
     latency("mount_blocked", took);
-    assert!(took >= Duration::from_secs(3), "listed before the threshold: {took:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "listed before the threshold: {took:?}"
+    );
     assert!(took < Duration::from_millis(4000), "took {took:?}");
 
     let seconds = |s: &Value| -> f64 {
@@ -310,9 +322,15 @@ fn blocked_mount_call_is_listed_and_disappears() {
     assert_eq!(s1["blocked_mount_calls"][0]["pid"], mounter.pid());
     std::thread::sleep(Duration::from_millis(800));
     let s2 = agent.status();
-    assert!(seconds(&s2) > seconds(&s1), "blocked_seconds grows: {s1} then {s2}");
+    assert!(
+        seconds(&s2) > seconds(&s1),
+        "blocked_seconds grows: {s1} then {s2}"
+    );
     let metrics = agent.metrics();
-    assert!(metrics.contains("bindsto_mount_calls_blocked 1"), "{metrics}");
+    assert!(
+        metrics.contains("bindsto_mount_calls_blocked 1"),
+        "{metrics}"
+    );
 
     disk.set_mode(Mode::Pass).expect("pass mode");
     assert!(
@@ -335,7 +353,9 @@ fn shutdown_mount_recovers_when_remounted() {
     let mut agent = start_agent(&config(xfs.path()), &m);
     xfs.shutdown().expect("shutdown");
     agent
-        .wait_for(Duration::from_secs(5), POLL, |s| state(s, "mount", &m) == "failed")
+        .wait_for(Duration::from_secs(5), POLL, |s| {
+            state(s, "mount", &m) == "failed"
+        })
         .expect("failed");
     // XFS never recovers on its own: the verdict stays while the dead mount stays.
     std::thread::sleep(Duration::from_secs(1));
@@ -371,7 +391,10 @@ fn full_filesystem_degrades_the_mount() {
         xfs.path().display()
     ))
     .expect("fill");
-    assert!(fill.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()));
+    assert!(
+        fill.wait_timeout(Duration::from_secs(60))
+            .is_some_and(|s| s.success())
+    );
     agent
         .wait_for(Duration::from_secs(5), POLL, |s| {
             state(s, "mount", &m) == "degraded" && has_reason(s, "mount", &m, "fs_full")
@@ -380,7 +403,9 @@ fn full_filesystem_degrades_the_mount() {
     assert_eq!(agent.healthz().0, 200, "fs_full degrades, it does not fail");
     std::fs::remove_file(xfs.path().join("fill")).expect("rm");
     agent
-        .wait_for(Duration::from_secs(5), POLL, |s| state(s, "mount", &m) == "healthy")
+        .wait_for(Duration::from_secs(5), POLL, |s| {
+            state(s, "mount", &m) == "healthy"
+        })
         .unwrap_or_else(|e| panic!("fs_full did not clear: {e}"));
 }
 
@@ -393,7 +418,7 @@ fn leaked_map_entry_is_no_phantom_stall() {
     let disk = disk();
     let xfs = XfsMount::new(&disk).expect("xfs");
     let m = mp(&xfs);
-    let mut agent = start_agent(&config(xfs.path()), &m);
+    let agent = start_agent(&config(xfs.path()), &m);
     let name = disk.loop_name();
     let minor: u32 = disk.dev_id().split(':').nth(1).unwrap().parse().unwrap();
     let dev = (7u32 << 20) | minor;
@@ -412,13 +437,20 @@ fn leaked_map_entry_is_no_phantom_stall() {
         .args(["value", "hex"])
         .args(hex(&val));
     let out = cmd.output().expect("bpftool");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Longer than io_stall_after plus several scans.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let s = agent.status();
-        assert!(!has_reason(&s, "device", &name, "io_stall"), "phantom stall: {s:#}");
+        assert!(
+            !has_reason(&s, "device", &name, "io_stall"),
+            "phantom stall: {s:#}"
+        );
         assert_eq!(state(&s, "mount", &m), "healthy");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -39,14 +39,15 @@ impl PlainXfs {
         .trim()
         .to_string();
         let mnt = dir.path().join("mnt");
-        let mut me = Self {
-            dir,
-            loop_dev,
-            mnt,
-        };
+        let mut me = Self { dir, loop_dev, mnt };
         std::fs::create_dir(&me.mnt).expect("mount point");
         me.mnt = me.mnt.canonicalize().unwrap();
-        run_cmd("mkfs.xfs", &["-q", "-f", &me.loop_dev], Duration::from_secs(60)).expect("mkfs");
+        run_cmd(
+            "mkfs.xfs",
+            &["-q", "-f", &me.loop_dev],
+            Duration::from_secs(60),
+        )
+        .expect("mkfs");
         run_cmd(
             "mount",
             &["-t", "xfs", &me.loop_dev, me.mnt.to_str().unwrap()],
@@ -81,7 +82,10 @@ impl Drop for PlainXfs {
         // Detach only if the loop device still points at our image.
         let img = self.dir.path().join("disk.img");
         if bindsto_tests::sys::loop_backing_file(&self.name()).is_some_and(|b| b == img) {
-            let _ = Command::new("losetup").arg("-d").arg(&self.loop_dev).status();
+            let _ = Command::new("losetup")
+                .arg("-d")
+                .arg(&self.loop_dev)
+                .status();
         }
     }
 }
@@ -134,27 +138,36 @@ critical = true
         let s: Value = agent.status();
         polls += 1;
         for t in s["targets"].as_array().unwrap() {
-            assert_eq!(t["state"], "healthy", "false positive after {:?}: {t}", start.elapsed());
+            assert_eq!(
+                t["state"],
+                "healthy",
+                "false positive after {:?}: {t}",
+                start.elapsed()
+            );
         }
         for d in s["devices"].as_array().unwrap() {
             assert_eq!(d["io_errors"], 0, "{d}");
             max_inflight = max_inflight.max(d["inflight"].as_u64().unwrap_or(0));
         }
-        assert!(s["blocked_mount_calls"].as_array().unwrap().is_empty(), "{s}");
+        assert!(
+            s["blocked_mount_calls"].as_array().unwrap().is_empty(),
+            "{s}"
+        );
         if load.try_status().is_some() && trim.try_status().is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(
-        load.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()),
+        load.wait_timeout(Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
         "fio failed: {}",
         load.output()
     );
     trim.wait_timeout(Duration::from_secs(10));
     let after = bindsto_tests::block_stat(&name).expect("stat");
-    let done = (after.read_ios + after.write_ios)
-        .saturating_sub(before.read_ios + before.write_ios);
+    let done =
+        (after.read_ios + after.write_ios).saturating_sub(before.read_ios + before.write_ios);
     eprintln!(
         "healthy_io: {done} requests completed on {name} in {:?}, {polls} status polls, max inflight seen {max_inflight}",
         start.elapsed()
@@ -162,7 +175,9 @@ critical = true
     // The load was real: far more requests than a quiet device does in a minute.
     assert!(done > 10_000, "only {done} requests");
     let metrics = agent.metrics();
-    assert!(!metrics.contains(&format!("bindsto_block_io_errors_total{{device=\"{name}\"}}")));
+    assert!(!metrics.contains(&format!(
+        "bindsto_block_io_errors_total{{device=\"{name}\"}}"
+    )));
     assert!(metrics.contains(&format!(
         "bindsto_target_healthy{{kind=\"device\",target=\"{name}\",critical=\"true\"}} 1"
     )));
