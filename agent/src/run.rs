@@ -46,8 +46,18 @@ const REATTACH_EVERY: Duration = Duration::from_secs(10);
 /// Mount table re-read even without a change notification, as a safety net.
 const TOPOLOGY_EVERY: Duration = Duration::from_secs(30);
 
+/// Overrides where tracepoint layouts are read from (a copy of tracefs with some events
+/// removed shows how the agent degrades on a kernel that lacks them). Attaching still uses
+/// the kernel's own tracefs.
+pub const TRACEFS_ENV: &str = "BINDSTO_TRACEFS";
+
 /// Finds (or mounts) tracefs.
 pub fn tracefs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(TRACEFS_ENV) {
+        let p = PathBuf::from(p);
+        warn!(path = %p.display(), "reading tracepoint layouts from {TRACEFS_ENV}");
+        return Some(p);
+    }
     if let Some(p) = format::tracefs_root() {
         return Some(p);
     }

@@ -108,6 +108,16 @@ impl Agent {
         config_toml: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Agent> {
+        Self::start_with_env(bin, config_toml, extra_args, &[])
+    }
+
+    /// Like [`Agent::start_with`], with extra environment variables for the agent.
+    pub fn start_with_env(
+        bin: impl AsRef<Path>,
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let bin = bin.as_ref().to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("bindsto-agent-")
@@ -123,6 +133,7 @@ impl Agent {
             .arg("--config")
             .arg(&config_path)
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

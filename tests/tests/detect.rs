@@ -140,6 +140,10 @@ fn log_error_shutdown_is_confirmed_and_io_errors_reported() {
     std::fs::write(xfs.path().join("before"), vec![1u8; 1 << 20]).expect("write");
     let mut agent = start_agent(&config(xfs.path()), &m);
 
+    // Metadata changes still in the log when the disk fails make the next log write fail.
+    for i in 0..64 {
+        std::fs::write(xfs.path().join(format!("pending.{i}")), b"x").unwrap();
+    }
     disk.set_mode(Mode::Error).expect("error mode");
     let t0 = Instant::now();
     let path = xfs.path().join("during");
