@@ -16,33 +16,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the agent binary is: `$BINDSTO_BIN`, else `bindsto` next to the running test's
 /// profile dir (`target/<profile>/bindsto`), else `<workspace>/target/debug/bindsto`.
 pub fn default_agent_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("BINDSTO_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        candidates.push(dir.join("bindsto"));
-        if let Some(parent) = dir.parent() {
-            candidates.push(parent.join("bindsto"));
-        }
-    }
-    candidates.push(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target/debug/bindsto"),
-    );
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "bindsto binary not found (tried {candidates:?}); build it with \
-                 `cargo build -p bindsto` or set BINDSTO_BIN"
-            )
-        })
+    crate::find_binary("bindsto", "BINDSTO_BIN", "cargo build -p bindsto")
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).

@@ -117,33 +117,11 @@ pub struct FaultyDisk {
 /// (`target/<profile>/faultyfs` for `target/<profile>/deps/<test>`), else
 /// `<workspace>/target/debug/faultyfs`.
 pub fn default_faultyfs_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("FAULTYFS_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        candidates.push(dir.join("faultyfs"));
-        if let Some(parent) = dir.parent() {
-            candidates.push(parent.join("faultyfs"));
-        }
-    }
-    candidates.push(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target/debug/faultyfs"),
-    );
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "faultyfs binary not found (tried {candidates:?}); build it with \
-                 `cargo build -p bindsto-tests --bin faultyfs` or set FAULTYFS_BIN"
-            )
-        })
+    crate::find_binary(
+        "faultyfs",
+        "FAULTYFS_BIN",
+        "cargo build -p bindsto-tests --bin faultyfs",
+    )
 }
 
 impl FaultyDisk {

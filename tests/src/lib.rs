@@ -34,7 +34,10 @@ pub mod proc;
 pub mod sys;
 pub mod xfs;
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
 
 pub use agent::{Agent, http_get};
 pub use faulty::{FaultyDisk, FaultyStatus, Mode};
@@ -51,6 +54,39 @@ pub fn require_root() {
              `cargo test -p bindsto-tests -- --test-threads=1` as root"
         );
     }
+}
+
+/// Finds a binary of this workspace: `$<env>`, else next to the running test executable
+/// (`target/<profile>/<name>` for `target/<profile>/deps/<test>`), else
+/// `<workspace>/target/debug/<name>`.
+pub fn find_binary(name: &str, env: &str, build_hint: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join(name));
+        if let Some(parent) = dir.parent() {
+            candidates.push(parent.join(name));
+        }
+    }
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name),
+    );
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{name} binary not found (tried {candidates:?}); build it with `{build_hint}` \
+                 or set {env}"
+            )
+        })
 }
 
 static SERIAL: Mutex<()> = Mutex::new(());
