@@ -591,15 +591,20 @@ impl Engine {
                 }
             }
             d.inflight = inflight;
+            // The map knows when each tracked request was issued; sysfs only that nothing
+            // completed since some scan. The younger of the two is the stall's age: a
+            // leaked (old) map entry cannot age a device that makes progress, and a request
+            // issued just after an idle scan is not aged by that scan.
+            let map_age = map
+                .oldest_start_ns
+                .map(|s| Duration::from_nanos(now_ns.saturating_sub(s)));
+            let stall_age = map_age.map_or(no_progress, |a| a.min(no_progress));
             d.oldest_inflight = if inflight == 0 {
                 Duration::ZERO
             } else {
-                map.oldest_start_ns
-                    .map(|s| Duration::from_nanos(now_ns.saturating_sub(s)))
-                    .unwrap_or(no_progress)
-                    .max(no_progress)
+                map_age.unwrap_or(no_progress)
             };
-            d.stalled = inflight > 0 && no_progress >= cfg.detect.io_stall_after;
+            d.stalled = inflight > 0 && stall_age >= cfg.detect.io_stall_after;
             let detail = || {
                 format!(
                     "{inflight} request(s) in flight, none completed for {:.1}s (oldest {:.1}s)",
