@@ -887,3 +887,216 @@ fn log_transition(t: &Target, tr: &Transition) {
         info!(kind = t.kind.name(), target = %t.id, critical = t.critical, from = tr.from.name(), to = tr.to.name(), %reasons, "target state changed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The engine against fixture mountinfo and sysfs trees and synthetic kernel events (no
+    //! BPF): what each signal does to mounts and devices, and how state follows remounts.
+
+    use std::{fs, os::unix::fs::symlink};
+
+    use super::*;
+    use crate::config::Watch;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        sysfs_root: PathBuf,
+        _probes: mpsc::UnboundedReceiver<ProbeDone>,
+    }
+
+    const LOOP0: DevId = DevId { major: 7, minor: 0 };
+
+    fn mountinfo(mount_id: u32) -> String {
+        format!(
+            "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+             {mount_id} 22 7:0 / /mnt/data rw - xfs /dev/loop0 rw\n\
+             31 22 0:40 / /mnt/nfs rw - nfs4 srv:/x rw\n"
+        )
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys");
+        let dev_dir = root.join("devices/virtual/block/loop0");
+        fs::create_dir_all(&dev_dir).unwrap();
+        fs::write(dev_dir.join("dev"), "7:0\n").unwrap();
+        fs::write(dev_dir.join("inflight"), "0 0\n").unwrap();
+        fs::write(dev_dir.join("stat"), "1 0 8 0 1 0 8 0 0 0 0 0 0 0 0 0 0\n").unwrap();
+        fs::create_dir_all(root.join("dev/block")).unwrap();
+        symlink(
+            "../../devices/virtual/block/loop0",
+            root.join("dev/block/7:0"),
+        )
+        .unwrap();
+        let cfg = Config {
+            watch: vec![Watch {
+                path: "/mnt/data".into(),
+                critical: true,
+                require_mountpoint: false,
+            }],
+            ..Config::default()
+        };
+        let metrics = Metrics::new();
+        let shared = Arc::new(Shared::new(metrics, SystemTime::now(), true));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut engine = Engine::new(Arc::new(cfg), Sysfs::new(&root), shared, tx);
+        engine.refresh_topology(&mountinfo(30), &|_| Some(true));
+        Fixture {
+            _dir: dir,
+            engine,
+            sysfs_root: root,
+            _probes: rx,
+        }
+    }
+
+    fn target<'a>(s: &'a Status, kind: &str, id: &str) -> &'a TargetStatus {
+        s.targets
+            .iter()
+            .find(|t| t.kind == kind && t.id == id)
+            .unwrap_or_else(|| panic!("no {kind} {id} in {:?}", s.targets))
+    }
+
+    fn status(f: &Fixture) -> Arc<Status> {
+        f.engine.publish();
+        f.engine.shared.status()
+    }
+
+    #[test]
+    fn observes_configured_fstypes_and_the_devices_below() {
+        let f = fixture();
+        let s = status(&f);
+        assert!(target(&s, "mount", "/mnt/data").critical);
+        assert!(!target(&s, "mount", "/").critical);
+        assert_eq!(
+            target(&s, "mount", "/mnt/nfs").fstype.as_deref(),
+            Some("nfs4")
+        );
+        assert!(
+            target(&s, "device", "loop0").critical,
+            "a critical mount's disk is critical"
+        );
+        assert_eq!(s.devices.len(), 1);
+        assert!(s.healthy);
+    }
+
+    #[test]
+    fn shutdown_event_fails_only_its_mount() {
+        let mut f = fixture();
+        f.engine.on_event(&KernelEvent::XfsShutdown {
+            dev: LOOP0,
+            ptag: 0x40,
+            flags: 0x6,
+            ts_ns: 0,
+        });
+        let s = status(&f);
+        let t = target(&s, "mount", "/mnt/data");
+        assert_eq!(t.state, State::Failed);
+        assert_eq!(t.reasons[0].signal, Signal::XfsShutdown);
+        assert!(t.reasons[0].detail.contains("log_io|force_umount"));
+        assert_eq!(target(&s, "mount", "/").state, State::Healthy);
+        assert!(!s.healthy);
+        assert_eq!(s.failed_critical().count(), 1);
+    }
+
+    // Errors start a probe of the mounts on the disk, which needs a runtime.
+    #[tokio::test]
+    async fn block_errors_degrade_disk_and_mounts_on_it() {
+        let mut f = fixture();
+        f.engine.on_event(&KernelEvent::BlockError {
+            dev: LOOP0,
+            error: -5,
+            sector: 8,
+            ts_ns: 0,
+        });
+        let s = status(&f);
+        assert_eq!(target(&s, "device", "loop0").state, State::Degraded);
+        assert_eq!(target(&s, "mount", "/mnt/data").state, State::Degraded);
+        assert_eq!(s.devices[0].io_errors, 1);
+        assert!(s.healthy, "errors alone degrade, they do not fail");
+    }
+
+    #[test]
+    fn statx_eio_confirms_a_shutdown_and_remount_starts_fresh() {
+        let mut f = fixture();
+        f.engine.on_probe(ProbeDone {
+            mount_point: "/mnt/data".into(),
+            mount_id: 30,
+            outcome: confirm::Outcome {
+                statx: Err(Errno::EIO),
+                usage: None,
+                elapsed: Duration::ZERO,
+            },
+        });
+        assert_eq!(
+            target(&status(&f), "mount", "/mnt/data").state,
+            State::Failed
+        );
+        // A result for an older mount at the same place is ignored.
+        f.engine.refresh_topology(&mountinfo(40), &|_| Some(true));
+        f.engine.on_probe(ProbeDone {
+            mount_point: "/mnt/data".into(),
+            mount_id: 30,
+            outcome: confirm::Outcome {
+                statx: Err(Errno::EIO),
+                usage: None,
+                elapsed: Duration::ZERO,
+            },
+        });
+        let s = status(&f);
+        assert_eq!(target(&s, "mount", "/mnt/data").state, State::Healthy);
+        assert!(s.healthy);
+    }
+
+    #[test]
+    fn full_filesystem_degrades_and_clears() {
+        let mut f = fixture();
+        let probe = |space: f64| ProbeDone {
+            mount_point: "/mnt/data".into(),
+            mount_id: 30,
+            outcome: confirm::Outcome {
+                statx: Ok(()),
+                usage: Some(confirm::Usage {
+                    space_used_percent: space,
+                    inodes_used_percent: Some(1.0),
+                }),
+                elapsed: Duration::ZERO,
+            },
+        };
+        f.engine.on_probe(probe(97.0));
+        assert_eq!(
+            target(&status(&f), "mount", "/mnt/data").state,
+            State::Degraded
+        );
+        f.engine.on_probe(probe(50.0));
+        assert_eq!(
+            target(&status(&f), "mount", "/mnt/data").state,
+            State::Healthy
+        );
+    }
+
+    #[tokio::test]
+    async fn sysfs_inflight_without_progress_is_a_stall_only_after_the_threshold() {
+        let mut f = fixture();
+        let dir = f.sysfs_root.join("devices/virtual/block/loop0");
+        fs::write(dir.join("inflight"), "0 1\n").unwrap();
+        f.engine.scan(None);
+        assert_eq!(target(&status(&f), "device", "loop0").state, State::Healthy);
+        // Pretend the threshold passed: the same counters, still in flight.
+        let mut cfg = (*f.engine.cfg).clone();
+        cfg.detect.io_stall_after = Duration::from_millis(1);
+        f.engine.cfg = Arc::new(cfg);
+        std::thread::sleep(Duration::from_millis(5));
+        f.engine.scan(None);
+        let s = status(&f);
+        assert_eq!(target(&s, "device", "loop0").state, State::Failed);
+        assert_eq!(target(&s, "mount", "/mnt/data").state, State::Failed);
+        assert!(s.devices[0].stalled);
+        // A completion is progress: the stall clears.
+        fs::write(dir.join("stat"), "2 0 16 0 1 0 8 0 1 0 0 0 0 0 0 0 0\n").unwrap();
+        f.engine.scan(None);
+        let s = status(&f);
+        assert_eq!(target(&s, "device", "loop0").state, State::Healthy);
+        assert_eq!(target(&s, "mount", "/mnt/data").state, State::Healthy);
+    }
+}
