@@ -209,3 +209,63 @@ fn config_default_prints_the_embedded_config() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
     assert!(v["targets"].is_array());
 }
+
+#[test]
+fn check_exits_0_healthy_1_unhealthy_and_logs_json_on_request() {
+    let _g = privileged();
+    let healthy = "[detect]\nscan_interval = \"250ms\"\nfstypes = [\"xfs\"]\n";
+    let (_d, p) = write_config(healthy);
+    let out = bindsto()
+        .args([
+            "--log-format",
+            "json",
+            "check",
+            "--duration",
+            "1s",
+            "--config",
+        ])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HEALTHY"));
+    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+
+    // A critical XFS that is already shut down: `check` confirms it by statx and exits 1.
+    let disk =
+        bindsto_tests::FaultyDisk::with_binary(bindsto_tests::faultyfs_bin!(), 300).expect("disk");
+    let xfs = bindsto_tests::XfsMount::new(&disk).expect("xfs");
+    xfs.shutdown().expect("shutdown");
+    let (_d2, p2) = write_config(&format!(
+        "{healthy}[[watch]]\npath = \"{}\"\ncritical = true\n",
+        xfs.path().display()
+    ));
+    let out = bindsto()
+        .args(["check", "--json", "--duration", "1s", "--config"])
+        .arg(&p2)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["healthy"], false);
+    let t = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == xfs.path().display().to_string().as_str())
+        .expect("the watched mount");
+    assert_eq!(t["state"], "failed");
+    assert_eq!(t["reasons"][0]["signal"], "xfs_shutdown");
+}

@@ -473,3 +473,60 @@ fn leaked_map_entry_is_no_phantom_stall() {
         "the leaked entry was dropped by the scanner: {err}"
     );
 }
+
+/// The new mount API blocks in `fsconfig(FSCONFIG_CMD_CREATE)`, where the superblock is read;
+/// util-linux does not use it here, so a few lines of Python drive the syscalls directly.
+#[test]
+fn blocked_fsconfig_create_is_listed() {
+    let _g = privileged();
+    let disk = disk();
+    bindsto_tests::xfs::mkfs_xfs(&disk, &[]).expect("mkfs");
+    let mut agent = Agent::start(&config(Path::new("/nonexistent-watch")));
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            state(s, "subsystem", "mount") == "healthy"
+        })
+        .expect("agent up");
+    disk.set_mode(Mode::Hang).expect("hang mode");
+    let script = format!(
+        r#"import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.syscall(430, b"xfs", 0)  # fsopen
+assert fd >= 0, os.strerror(ctypes.get_errno())
+assert libc.syscall(431, fd, 1, b"source", b"{src}", 0) == 0  # FSCONFIG_SET_STRING
+rc = libc.syscall(431, fd, 6, None, None, 0)  # FSCONFIG_CMD_CREATE: reads the superblock
+print("create", rc, os.strerror(ctypes.get_errno()) if rc else "ok")
+"#,
+        src = disk.loop_dev().display()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script);
+    let mut caller = BgProcess::spawn(cmd).expect("python3");
+    let t0 = Instant::now();
+    let listed = |s: &Value| {
+        s["blocked_mount_calls"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["syscall"] == "fsconfig"))
+    };
+    agent
+        .wait_for(Duration::from_secs(15), POLL, listed)
+        .unwrap_or_else(|e| panic!("fsconfig not listed: {e}\n{}", caller.output()));
+    latency("fsconfig_blocked", t0.elapsed());
+    let s = agent.status();
+    assert_eq!(s["blocked_mount_calls"][0]["pid"], caller.pid());
+    assert_eq!(state(&s, "subsystem", "mount"), "failed");
+
+    disk.set_mode(Mode::Pass).expect("pass mode");
+    assert!(
+        caller.wait_timeout(Duration::from_secs(20)).is_some(),
+        "fsconfig returned once the disk answered"
+    );
+    assert!(
+        caller.output().contains("create 0 ok"),
+        "{}",
+        caller.output()
+    );
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| !listed(s))
+        .unwrap_or_else(|e| panic!("the call stayed listed: {e}"));
+}
