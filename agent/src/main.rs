@@ -118,16 +118,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            // SIGHUP's default action would kill the watchdog; reload is not supported yet.
+            _ = hup.recv() => tracing::warn!("SIGHUP ignored: restart bindsto to apply a new config"),
+        }
     }
 }
 

@@ -269,3 +269,18 @@ fn check_exits_0_healthy_1_unhealthy_and_logs_json_on_request() {
     assert_eq!(t["state"], "failed");
     assert_eq!(t["reasons"][0]["signal"], "xfs_shutdown");
 }
+
+#[test]
+fn sighup_does_not_kill_the_agent() {
+    let _g = privileged();
+    let mut agent = Agent::start("listen = \"127.0.0.1:9842\"\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.is_running(), "{}", agent.log());
+    assert_eq!(agent.healthz().0, 200);
+    assert!(agent.log().contains("SIGHUP ignored"), "{}", agent.log());
+}
