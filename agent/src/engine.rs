@@ -1016,33 +1016,33 @@ mod tests {
         assert!(s.healthy, "errors alone degrade, they do not fail");
     }
 
+    fn probe_of(
+        mount_id: u32,
+        statx: Result<(), Errno>,
+        usage: Option<confirm::Usage>,
+    ) -> ProbeDone {
+        ProbeDone {
+            mount_point: "/mnt/data".into(),
+            mount_id,
+            outcome: confirm::Outcome {
+                statx,
+                usage,
+                elapsed: Duration::ZERO,
+            },
+        }
+    }
+
     #[test]
     fn statx_eio_confirms_a_shutdown_and_remount_starts_fresh() {
         let mut f = fixture();
-        f.engine.on_probe(ProbeDone {
-            mount_point: "/mnt/data".into(),
-            mount_id: 30,
-            outcome: confirm::Outcome {
-                statx: Err(Errno::EIO),
-                usage: None,
-                elapsed: Duration::ZERO,
-            },
-        });
+        f.engine.on_probe(probe_of(30, Err(Errno::EIO), None));
         assert_eq!(
             target(&status(&f), "mount", "/mnt/data").state,
             State::Failed
         );
         // A result for an older mount at the same place is ignored.
         f.engine.refresh_topology(&mountinfo(40), &|_| Some(true));
-        f.engine.on_probe(ProbeDone {
-            mount_point: "/mnt/data".into(),
-            mount_id: 30,
-            outcome: confirm::Outcome {
-                statx: Err(Errno::EIO),
-                usage: None,
-                elapsed: Duration::ZERO,
-            },
-        });
+        f.engine.on_probe(probe_of(30, Err(Errno::EIO), None));
         let s = status(&f);
         assert_eq!(target(&s, "mount", "/mnt/data").state, State::Healthy);
         assert!(s.healthy);
@@ -1051,17 +1051,12 @@ mod tests {
     #[test]
     fn full_filesystem_degrades_and_clears() {
         let mut f = fixture();
-        let probe = |space: f64| ProbeDone {
-            mount_point: "/mnt/data".into(),
-            mount_id: 30,
-            outcome: confirm::Outcome {
-                statx: Ok(()),
-                usage: Some(confirm::Usage {
-                    space_used_percent: space,
-                    inodes_used_percent: Some(1.0),
-                }),
-                elapsed: Duration::ZERO,
-            },
+        let probe = |space: f64| {
+            let usage = confirm::Usage {
+                space_used_percent: space,
+                inodes_used_percent: Some(1.0),
+            };
+            probe_of(30, Ok(()), Some(usage))
         };
         f.engine.on_probe(probe(97.0));
         assert_eq!(

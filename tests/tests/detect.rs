@@ -81,6 +81,17 @@ fn start_agent(cfg: &str, mount: &str) -> Agent {
     agent
 }
 
+/// An agent watching nothing in particular, for tests about mount calls.
+fn start_agent_without_watch() -> Agent {
+    let mut agent = Agent::start(&config(Path::new("/nonexistent-watch")));
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            state(s, "subsystem", "mount") == "healthy"
+        })
+        .expect("agent up");
+    agent
+}
+
 fn latency(name: &str, d: Duration) {
     eprintln!("LATENCY {name}: {} ms", d.as_millis());
 }
@@ -277,12 +288,7 @@ fn blocked_mount_call_is_listed_and_disappears() {
         .expect("mount point");
     let target_path = target_dir.path().canonicalize().unwrap();
     let source = disk.loop_dev().display().to_string();
-    let mut agent = Agent::start(&config(Path::new("/nonexistent-watch")));
-    agent
-        .wait_for(Duration::from_secs(10), POLL, |s| {
-            state(s, "subsystem", "mount") == "healthy"
-        })
-        .expect("agent up");
+    let mut agent = start_agent_without_watch();
 
     disk.set_mode(Mode::Hang).expect("hang mode");
     let _guard = MountGuard {
@@ -481,12 +487,7 @@ fn blocked_fsconfig_create_is_listed() {
     let _g = privileged();
     let disk = disk();
     bindsto_tests::xfs::mkfs_xfs(&disk, &[]).expect("mkfs");
-    let mut agent = Agent::start(&config(Path::new("/nonexistent-watch")));
-    agent
-        .wait_for(Duration::from_secs(10), POLL, |s| {
-            state(s, "subsystem", "mount") == "healthy"
-        })
-        .expect("agent up");
+    let mut agent = start_agent_without_watch();
     disk.set_mode(Mode::Hang).expect("hang mode");
     let script = format!(
         r#"import ctypes, os, sys
