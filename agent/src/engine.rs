@@ -28,6 +28,8 @@ use crate::{
     topology::{self, DevId, MountEntry, Sysfs},
 };
 
+const OTHER_NAMES_MAX: usize = 1024;
+
 /// What the HTTP side reads: the last published status and the metrics registry.
 pub struct Shared {
     status: RwLock<Arc<Status>>,
@@ -121,6 +123,8 @@ pub struct Engine {
     probes: Vec<ProbeStatus>,
     probe_tx: mpsc::UnboundedSender<ProbeDone>,
     kernel_stats_seen: [u64; 3],
+    /// Names of disks outside the observed mounts that reported errors.
+    other_names: BTreeMap<DevId, String>,
     events_lost: u64,
 }
 
@@ -152,6 +156,7 @@ impl Engine {
             probes: Vec::new(),
             probe_tx,
             kernel_stats_seen: [0; 3],
+            other_names: BTreeMap::new(),
             events_lost: 0,
         }
     }
@@ -277,6 +282,7 @@ impl Engine {
     }
 
     fn refresh_devices(&mut self, now: SystemTime) {
+        self.other_names.clear();
         let mut wanted: BTreeMap<String, (topology::BlockDevice, bool)> = BTreeMap::new();
         for o in self.mounts.values_mut() {
             let mut names = Vec::new();
@@ -332,13 +338,24 @@ impl Engine {
             .remove(&metrics::target_labels(kind.name(), id, critical));
     }
 
-    fn device_name(&self, dev: DevId) -> String {
+    /// Name of a disk for labels. Called per error event, so a disk outside the observed
+    /// mounts is looked up in sysfs once and remembered (cleared on topology refresh, and
+    /// bounded, since device numbers can be reused).
+    fn device_name(&mut self, dev: DevId) -> String {
         if let Some((name, _)) = self.devices.iter().find(|(_, d)| d.dev == dev) {
             return name.clone();
         }
-        self.sysfs
+        if let Some(name) = self.other_names.get(&dev) {
+            return name.clone();
+        }
+        let name = self
+            .sysfs
             .block_device(dev)
-            .map_or_else(|| dev.to_string(), |b| b.name)
+            .map_or_else(|| dev.to_string(), |b| b.name);
+        if self.other_names.len() < OTHER_NAMES_MAX {
+            self.other_names.insert(dev, name.clone());
+        }
+        name
     }
 
     // === kernel events ===
@@ -414,7 +431,7 @@ impl Engine {
         }
     }
 
-    fn count_shutdown(&self, dev: DevId) {
+    fn count_shutdown(&mut self, dev: DevId) {
         let name = self.device_name(dev);
         self.metrics
             .xfs_shutdowns
