@@ -91,14 +91,33 @@ pub fn find_binary(name: &str, env: &str, build_hint: &str) -> anyhow::Result<Pa
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A process-wide lock every privileged test holds for its whole run, so tests never overlap
-/// even when the harness runs them on several threads. A panicking test poisons nothing here.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Held for the whole run of one privileged test: the in-process mutex keeps the harness's
+/// threads apart, the file lock keeps test runs from other checkouts apart (their agents would
+/// see each other's faults, since every agent observes every XFS mount of the host).
+pub struct Serial {
+    _lock: MutexGuard<'static, ()>,
+    _file: Option<std::fs::File>,
+}
+
+/// A lock every privileged test holds for its whole run, so tests never overlap, even across
+/// test processes. A panicking test poisons nothing here; the file lock ends with the process.
+pub fn serial() -> Serial {
+    let lock = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/bindsto-tests.lock")
+        .ok()
+        .filter(|f| f.lock().is_ok());
+    Serial {
+        _lock: lock,
+        _file: file,
+    }
 }
 
 /// `require_root()` + `serial()`: the usual first line of a privileged test.
-pub fn privileged() -> MutexGuard<'static, ()> {
+pub fn privileged() -> Serial {
     require_root();
     serial()
 }
