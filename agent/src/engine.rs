@@ -33,6 +33,10 @@ const OTHER_NAMES_MAX: usize = 1024;
 /// What the HTTP side reads: the last published status and the metrics registry.
 pub struct Shared {
     status: RwLock<Arc<Status>>,
+    /// The remediation report (`/status` → `remediation`), written by the remedy task.
+    remediation: RwLock<Option<Arc<crate::remedy::Report>>>,
+    /// Bumped on every publish, so the remedy task reacts at once instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
     pub metrics: Metrics,
 }
 
@@ -53,7 +57,29 @@ impl Shared {
         };
         Self {
             status: RwLock::new(Arc::new(status)),
+            remediation: RwLock::new(None),
+            changes: tokio::sync::watch::Sender::new(0),
             metrics,
+        }
+    }
+
+    /// Notified after every published status.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn remediation(&self) -> Option<Arc<crate::remedy::Report>> {
+        match self.remediation.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_remediation(&self, report: crate::remedy::Report) {
+        let r = Some(Arc::new(report));
+        match self.remediation.write() {
+            Ok(mut g) => *g = r,
+            Err(poisoned) => *poisoned.into_inner() = r,
         }
     }
 
@@ -70,6 +96,7 @@ impl Shared {
             Ok(mut g) => *g = s,
             Err(poisoned) => *poisoned.into_inner() = s,
         }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -3,7 +3,8 @@
 //! Data flow (see DESIGN.md): `probes` load the kernel programs and hand them tracefs field
 //! offsets; `events` decodes what they send; `topology` maps devices to mounts; `scanner`
 //! ages what is in flight; `confirm` probes mounts off-thread; `health` turns signals into
-//! verdicts; `engine` owns them; `api` serves them; `run` wires it all together.
+//! verdicts; `engine` owns them; `remedy` takes the host out of service when critical storage
+//! fails; `api` serves them; `run` wires it all together.
 
 pub mod api;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod probes;
+pub mod remedy;
 pub mod run;
 pub mod scanner;
 pub mod status;

@@ -25,6 +25,7 @@ use crate::{
     events::KernelEvent,
     metrics::Metrics,
     probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
+    remedy::Remedy,
     topology::Sysfs,
 };
 
@@ -39,6 +40,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("remediation: {0}")]
+    State(#[from] crate::remedy::incident::StoreError),
 }
 
 /// How often tracepoints that were missing are looked for again (modules load late).
@@ -202,7 +205,7 @@ pub async fn run(
             addr: cfg.listen,
             source,
         })?;
-    drive(cfg, Some(listener), shutdown).await.map(|_| ())
+    drive(cfg, Some(listener), shutdown, true).await.map(|_| ())
 }
 
 /// One-shot verdict for `bindsto check`: the engine runs for `duration` (no HTTP), then its
@@ -211,7 +214,7 @@ pub async fn check(
     cfg: Config,
     duration: Duration,
 ) -> Result<Arc<crate::status::Status>, RunError> {
-    let shared = drive(cfg, None, tokio::time::sleep(duration)).await?;
+    let shared = drive(cfg, None, tokio::time::sleep(duration), false).await?;
     Ok(shared.status())
 }
 
@@ -219,6 +222,7 @@ async fn drive(
     cfg: Config,
     listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    remediate: bool,
 ) -> Result<Arc<Shared>, RunError> {
     let cfg = Arc::new(cfg);
     info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
@@ -258,6 +262,15 @@ async fn drive(
         }
     };
     let server = listener.map(|l| tokio::spawn(api::serve(l, Arc::clone(&shared), server_stop)));
+    // The ladder runs on its own task: a step waiting on AWS or systemd never delays detection.
+    let remedy = if remediate {
+        let remedy = Remedy::new(Arc::clone(&cfg), Arc::clone(&shared))?;
+        Some(tokio::spawn(
+            remedy.run(shared.subscribe(), stop_tx.subscribe()),
+        ))
+    } else {
+        None
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -313,6 +326,10 @@ async fn drive(
         engine.publish();
     }
     info!("bindsto stopping");
+    if let Some(remedy) = remedy {
+        // A step in progress is abandoned; it is recorded as started and resumes after restart.
+        remedy.abort();
+    }
     match server {
         None => Ok(shared),
         Some(server) => match server.await {
