@@ -16,5 +16,7 @@ pub mod metrics;
 pub mod probes;
 pub mod run;
 pub mod scanner;
+pub mod sdnotify;
+pub mod service;
 pub mod status;
 pub mod topology;

@@ -25,6 +25,7 @@ use crate::{
     events::KernelEvent,
     metrics::Metrics,
     probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
+    service::Service,
     topology::Sysfs,
 };
 
@@ -202,7 +203,9 @@ pub async fn run(
             addr: cfg.listen,
             source,
         })?;
-    drive(cfg, Some(listener), shutdown).await.map(|_| ())
+    drive(cfg, Some(listener), Service::from_env(), shutdown)
+        .await
+        .map(|_| ())
 }
 
 /// One-shot verdict for `bindsto check`: the engine runs for `duration` (no HTTP), then its
@@ -211,13 +214,14 @@ pub async fn check(
     cfg: Config,
     duration: Duration,
 ) -> Result<Arc<crate::status::Status>, RunError> {
-    let shared = drive(cfg, None, tokio::time::sleep(duration)).await?;
+    let shared = drive(cfg, None, Service::default(), tokio::time::sleep(duration)).await?;
     Ok(shared.status())
 }
 
 async fn drive(
     cfg: Config,
     listener: Option<TcpListener>,
+    service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Arc<Shared>, RunError> {
     let cfg = Arc::new(cfg);
@@ -269,6 +273,9 @@ async fn drive(
     reattach.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut topo_timer = tokio::time::interval(TOPOLOGY_EVERY);
     info!("bindsto running");
+    // Probes are attached (or reported missing) and the listener is bound: ready.
+    service.ready(&shared.status());
+    let pinger = service.spawn(Arc::clone(&shared), cfg.detect.scan_interval);
     loop {
         tokio::select! {
             guard = ring_readable(&mut ring) => {
@@ -289,7 +296,10 @@ async fn drive(
                     }
                 }
             }
-            _ = scan.tick() => engine.scan(scan_maps.as_mut()),
+            _ = scan.tick() => {
+                engine.scan(scan_maps.as_mut());
+                service.progress().mark();
+            }
             Some(done) = probe_rx.recv() => engine.on_probe(done),
             Some(()) = topo_rx.recv() => {
                 while topo_rx.try_recv().is_ok() {}
@@ -313,6 +323,10 @@ async fn drive(
         engine.publish();
     }
     info!("bindsto stopping");
+    service.stopping();
+    if let Some(p) = pinger {
+        p.abort();
+    }
     match server {
         None => Ok(shared),
         Some(server) => match server.await {
