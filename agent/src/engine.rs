@@ -50,6 +50,7 @@ impl Shared {
             watches: Vec::new(),
             probes: Vec::new(),
             events_lost: 0,
+            config: None,
         };
         Self {
             status: RwLock::new(Arc::new(status)),
@@ -159,6 +160,16 @@ impl Engine {
             other_names: BTreeMap::new(),
             events_lost: 0,
         }
+    }
+
+    /// Applies a reloaded config. The caller refreshes the topology next, which re-resolves
+    /// the watches and re-marks critical mounts and devices.
+    pub fn set_config(&mut self, cfg: Arc<Config>) {
+        if self.subsystem.critical != cfg.detect.mount_calls_critical {
+            self.forget_target_metric(Kind::Subsystem, &self.subsystem.id, self.subsystem.critical);
+            self.subsystem.critical = cfg.detect.mount_calls_critical;
+        }
+        self.cfg = cfg;
     }
 
     pub fn set_probes(&mut self, probes: &[ProbeStatus]) {
@@ -860,6 +871,7 @@ impl Engine {
             started_at: self.started_at,
             updated_at: SystemTime::now(),
             dry_run: self.cfg.dry_run,
+            config: Some(Arc::clone(&self.cfg)),
             targets,
             blocked_mount_calls,
             devices,

@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod probes;
+pub mod reload;
 pub mod run;
 pub mod scanner;
 pub mod sdnotify;

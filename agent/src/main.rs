@@ -130,8 +130,9 @@ async fn shutdown_signal() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            // SIGHUP's default action would kill the watchdog; reload is not supported yet.
-            _ = hup.recv() => tracing::warn!("SIGHUP ignored: restart bindsto to apply a new config"),
+            // The reloader handles SIGHUP; this stream only keeps its default action (exit)
+            // from ever applying, even before the reloader is set up.
+            _ = hup.recv() => {}
         }
     }
 }
@@ -151,12 +152,15 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, dry_run } => {
-            let mut cfg = match load_config(config.as_deref()) {
+            let source = bindsto::reload::ConfigSource::new(config, dry_run);
+            let cfg = match source.load() {
                 Ok(c) => c,
-                Err(code) => return Ok(code),
+                Err(e) => {
+                    eprintln!("bindsto: {e}");
+                    return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+                }
             };
-            cfg.dry_run |= dry_run;
-            runtime()?.block_on(run::run(cfg, shutdown_signal()))?;
+            runtime()?.block_on(run::run_service(cfg, Some(source), shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub confirm_probes: Family<OutcomeLabels, Counter>,
     pub scans: Counter,
     pub scan_duration: GaugeF,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub config_last_reload_successful: Gauge,
 }
 
 impl Metrics {
@@ -89,7 +91,11 @@ impl Metrics {
             confirm_probes: Family::default(),
             scans: Counter::default(),
             scan_duration: GaugeF::default(),
+            config_reloads: Family::default(),
+            config_last_reload_successful: Gauge::default(),
         };
+        // A fresh start loaded its config successfully.
+        m.config_last_reload_successful.set(1);
         r.register(
             "target_healthy",
             "1 when the target (mount, device or subsystem) is healthy, 0 when degraded or failed",
@@ -160,6 +166,16 @@ impl Metrics {
             "scan_duration_seconds",
             "Duration of the last scanner pass",
             m.scan_duration.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads on SIGHUP, by outcome (applied, rejected)",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "1 when the last config load (start or SIGHUP) succeeded, 0 when it was rejected",
+            m.config_last_reload_successful.clone(),
         );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info

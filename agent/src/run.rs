@@ -25,6 +25,7 @@ use crate::{
     events::KernelEvent,
     metrics::Metrics,
     probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
+    reload::{self, ConfigSource},
     service::Service,
     topology::Sysfs,
 };
@@ -197,13 +198,23 @@ pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    run_service(cfg, None, shutdown).await
+}
+
+/// Like [`run`], as a service: talks to systemd when started by it (READY, WATCHDOG,
+/// STATUS) and, given the config's source, reloads it on SIGHUP.
+pub async fn run_service(
+    cfg: Config,
+    reload: Option<ConfigSource>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
             addr: cfg.listen,
             source,
         })?;
-    drive(cfg, Some(listener), Service::from_env(), shutdown)
+    drive(cfg, Some(listener), Service::from_env(), reload, shutdown)
         .await
         .map(|_| ())
 }
@@ -214,7 +225,14 @@ pub async fn check(
     cfg: Config,
     duration: Duration,
 ) -> Result<Arc<crate::status::Status>, RunError> {
-    let shared = drive(cfg, None, Service::default(), tokio::time::sleep(duration)).await?;
+    let shared = drive(
+        cfg,
+        None,
+        Service::default(),
+        None,
+        tokio::time::sleep(duration),
+    )
+    .await?;
     Ok(shared.status())
 }
 
@@ -222,9 +240,14 @@ async fn drive(
     cfg: Config,
     listener: Option<TcpListener>,
     service: Service,
+    reload_from: Option<ConfigSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Arc<Shared>, RunError> {
     let cfg = Arc::new(cfg);
+    // The running config: SIGHUP publishes a new one here; components that need the current
+    // config subscribe (`cfg_tx.subscribe()`).
+    let (cfg_tx, mut cfg_rx) = tokio::sync::watch::channel(Arc::clone(&cfg));
+    let cfg_tx: reload::ConfigTx = Arc::new(cfg_tx);
     info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
     let metrics = Metrics::new();
     let shared = Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run));
@@ -261,6 +284,16 @@ async fn drive(
             let _ = rx.changed().await;
         }
     };
+    // Listening for SIGHUP before the server answers: a reload requested by anyone who saw
+    // the agent up is never lost.
+    let reloader = reload_from.and_then(|source| {
+        reload::spawn_on_sighup(
+            source,
+            Arc::clone(&cfg_tx),
+            Arc::clone(&shared),
+            service.clone(),
+        )
+    });
     let server = listener.map(|l| tokio::spawn(api::serve(l, Arc::clone(&shared), server_stop)));
     tokio::spawn(async move {
         shutdown.await;
@@ -318,14 +351,23 @@ async fn drive(
                     }
                 }
             }
+            Ok(()) = cfg_rx.changed() => {
+                let new = Arc::clone(&cfg_rx.borrow_and_update());
+                if new.detect.scan_interval != scan.period() {
+                    scan = tokio::time::interval(new.detect.scan_interval);
+                    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                engine.set_config(new);
+                engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p));
+            }
             _ = stop_rx.changed() => break,
         }
         engine.publish();
     }
     info!("bindsto stopping");
     service.stopping();
-    if let Some(p) = pinger {
-        p.abort();
+    for task in [pinger, reloader].into_iter().flatten() {
+        task.abort();
     }
     match server {
         None => Ok(shared),

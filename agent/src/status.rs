@@ -20,6 +20,13 @@ pub fn format_time(t: SystemTime) -> String {
         .unwrap_or_else(|_| odt.unix_timestamp().to_string())
 }
 
+fn shared_config<S: Serializer>(
+    c: &Option<std::sync::Arc<crate::config::Config>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    c.as_deref().serialize(s)
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub healthy: bool,
@@ -35,6 +42,12 @@ pub struct Status {
     pub watches: Vec<WatchStatus>,
     pub probes: Vec<ProbeStatus>,
     pub events_lost: u64,
+    /// The config in effect (after reloads), so operators and tests see what applies.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared_config"
+    )]
+    pub config: Option<std::sync::Arc<crate::config::Config>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
