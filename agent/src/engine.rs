@@ -127,6 +127,8 @@ pub struct Engine {
     /// Names of disks outside the observed mounts that reported errors.
     other_names: BTreeMap<DevId, String>,
     events_lost: u64,
+    /// Behind a lock because `publish` takes `&self`.
+    target_series: std::sync::Mutex<crate::target_metrics::TargetSeries>,
 }
 
 impl Engine {
@@ -159,6 +161,7 @@ impl Engine {
             kernel_stats_seen: [0; 3],
             other_names: BTreeMap::new(),
             events_lost: 0,
+            target_series: Default::default(),
         }
     }
 
@@ -865,6 +868,9 @@ impl Engine {
         let healthy = !targets
             .iter()
             .any(|t| t.critical && t.state == State::Failed);
+        if let Ok(mut series) = self.target_series.lock() {
+            series.update(&self.metrics, healthy, &targets);
+        }
         self.shared.publish(Status {
             healthy,
             version: env!("CARGO_PKG_VERSION"),

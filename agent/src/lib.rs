@@ -20,4 +20,5 @@ pub mod scanner;
 pub mod sdnotify;
 pub mod service;
 pub mod status;
+pub mod target_metrics;
 pub mod topology;
