@@ -177,6 +177,28 @@ fn prometheus_scrapes_the_agent_with_the_alert_rules_loaded() {
         group["rules"].as_array().map_or(0, Vec::len)
     );
 
+    // Every query of the Grafana dashboard is valid PromQL against the live data.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(docs().join("grafana-dashboard.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m");
+            let path = format!("/api/v1/query?query={}", percent_encode(&expr));
+            let v = query_json(addr, &path)
+                .unwrap_or_else(|| panic!("panel {}: query {expr} failed", panel["title"]));
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            checked += 1;
+        }
+    }
+    println!("{checked} dashboard queries valid");
+
     // Stopped by PID: SIGTERM, then the BgProcess drop (SIGKILL) if it lingers.
     prom.signal(nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM prometheus");
@@ -238,6 +260,17 @@ fn agent_metrics_pass_promtool_lint() {
             "counter {name} has samples without _total:\n{om}"
         );
     }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn openmetrics_to_classic(om: &str) -> String {
