@@ -113,7 +113,7 @@ pub fn run() -> Report {
         ));
     }
 
-    checks.extend(capability_checks(&kernel, |c| has(c)));
+    checks.extend(capability_checks(&kernel, has));
 
     let tracefs = run::tracefs();
     match &tracefs {
