@@ -54,6 +54,7 @@ impl Shared {
             watches: Vec::new(),
             probes: Vec::new(),
             events_lost: 0,
+            config: None,
         };
         Self {
             status: RwLock::new(Arc::new(status)),
@@ -153,6 +154,8 @@ pub struct Engine {
     /// Names of disks outside the observed mounts that reported errors.
     other_names: BTreeMap<DevId, String>,
     events_lost: u64,
+    /// Behind a lock because `publish` takes `&self`.
+    target_series: std::sync::Mutex<crate::target_metrics::TargetSeries>,
 }
 
 impl Engine {
@@ -185,7 +188,18 @@ impl Engine {
             kernel_stats_seen: [0; 3],
             other_names: BTreeMap::new(),
             events_lost: 0,
+            target_series: Default::default(),
         }
+    }
+
+    /// Applies a reloaded config. The caller refreshes the topology next, which re-resolves
+    /// the watches and re-marks critical mounts and devices.
+    pub fn set_config(&mut self, cfg: Arc<Config>) {
+        if self.subsystem.critical != cfg.detect.mount_calls_critical {
+            self.forget_target_metric(Kind::Subsystem, &self.subsystem.id, self.subsystem.critical);
+            self.subsystem.critical = cfg.detect.mount_calls_critical;
+        }
+        self.cfg = cfg;
     }
 
     pub fn set_probes(&mut self, probes: &[ProbeStatus]) {
@@ -881,12 +895,16 @@ impl Engine {
         let healthy = !targets
             .iter()
             .any(|t| t.critical && t.state == State::Failed);
+        if let Ok(mut series) = self.target_series.lock() {
+            series.update(&self.metrics, healthy, &targets);
+        }
         self.shared.publish(Status {
             healthy,
             version: env!("CARGO_PKG_VERSION"),
             started_at: self.started_at,
             updated_at: SystemTime::now(),
             dry_run: self.cfg.dry_run,
+            config: Some(Arc::clone(&self.cfg)),
             targets,
             blocked_mount_calls,
             devices,

@@ -141,7 +141,12 @@ impl Remedy {
     }
 
     /// Runs until `stop` turns true, re-evaluating on every published status and every tick.
-    pub async fn run(mut self, mut changes: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut changes: watch::Receiver<u64>,
+        mut config: watch::Receiver<Arc<Config>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         if self.rem().actions.is_empty() {
             info!("remediation disabled (remediate.actions is empty)");
         }
@@ -165,11 +170,30 @@ impl Remedy {
                         self.publish();
                     }
                 }
+                r = config.changed() => {
+                    if r.is_ok() {
+                        let new = Arc::clone(&config.borrow_and_update());
+                        self.reconfigure(new);
+                    }
+                }
                 _ = stop.changed() => break,
             }
             let status = self.shared.status();
             self.evaluate(&status, SystemTime::now()).await;
         }
+    }
+
+    /// A reloaded config applies to the next step; the history stays where it was opened.
+    fn reconfigure(&mut self, new: Arc<Config>) {
+        if new.remediate.state_dir != self.rem().state_dir {
+            warn!(
+                running = %self.rem().state_dir.display(),
+                new = %new.remediate.state_dir.display(),
+                "remediate.state_dir changed; restart bindsto to apply it (keeping the incident history where it is)"
+            );
+        }
+        self.cfg = new;
+        self.publish();
     }
 
     /// Reads the identities the enabled actions need; keeps the last known ones on failure
