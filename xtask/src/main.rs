@@ -194,6 +194,22 @@ fn setup() -> Result<()> {
             ]))?;
         }
     }
+    // The remediation tests run the ladder against a real moto server (and boto3, which comes
+    // with it, to set it up).
+    let have_moto = Command::new("python3")
+        .args(["-c", "import moto.server, boto3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_moto {
+        status(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--root-user-action=ignore",
+            "moto[server]==5.2.1",
+        ]))?;
+    }
     ensure_tracefs();
     eprintln!("xtask: setup complete");
     Ok(())
