@@ -194,6 +194,10 @@ pub fn render(doc: &Value) -> String {
         t.render(&mut out);
     }
 
+    if let Some(rem) = doc.get("remediation") {
+        render_remediation(rem, &mut out);
+    }
+
     let missing: Vec<&Value> = probes
         .iter()
         .filter(|p| p.get("state").and_then(Value::as_str) != Some("attached"))
@@ -211,6 +215,61 @@ pub fn render(doc: &Value) -> String {
         t.render(&mut out);
     }
     out
+}
+
+/// The ladder's configuration, identity problems and the latest incidents with their steps.
+fn render_remediation(rem: &Value, out: &mut String) {
+    let actions: Vec<String> = arr(rem, "actions")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nREMEDIATION: {} (hold_down {}, max {} per hour{})",
+        if actions.is_empty() {
+            "disabled".to_owned()
+        } else {
+            actions.join(" -> ")
+        },
+        s(rem, "hold_down"),
+        s(rem, "max_per_hour"),
+        if rem.get("dry_run").and_then(Value::as_bool) == Some(true) {
+            ", dry run"
+        } else {
+            ""
+        }
+    );
+    for p in arr(rem, "problems") {
+        let _ = writeln!(out, "  problem: {}", p.as_str().unwrap_or_default());
+    }
+    let incidents = arr(rem, "incidents");
+    if incidents.is_empty() {
+        return;
+    }
+    let mut t = Table::new(&["INCIDENT", "PHASE", "OPENED", "ACTION", "OUTCOME", "DETAIL"]);
+    for i in incidents.iter().rev().take(3) {
+        let steps = arr(i, "steps");
+        let first = steps.first();
+        t.row(vec![
+            s(i, "id"),
+            s(i, "phase"),
+            s(i, "opened_at"),
+            first.map_or("-".into(), |st| s(st, "action")),
+            first.map_or("-".into(), |st| s(st, "outcome")),
+            first.map_or("-".into(), |st| s(st, "detail")),
+        ]);
+        for st in steps.iter().skip(1) {
+            t.row(vec![
+                String::new(),
+                String::new(),
+                String::new(),
+                s(st, "action"),
+                s(st, "outcome"),
+                s(st, "detail"),
+            ]);
+        }
+    }
+    t.render(out);
 }
 
 #[cfg(test)]
@@ -257,5 +316,34 @@ mod tests {
         assert!(text.contains("not applied: no mount contains this path"));
         assert!(text.contains("PROBES NOT ATTACHED (1"));
         assert!(text.contains("nvme1n1"));
+    }
+
+    #[test]
+    fn renders_incidents_and_their_steps() {
+        let doc = serde_json::json!({
+            "healthy": false, "version": "0.1.0",
+            "remediation": {
+                "dry_run": false, "actions": ["ecs-drain", "asg-unhealthy"],
+                "hold_down": "30s", "max_per_hour": 2,
+                "problems": ["IMDS: connection refused"],
+                "incidents": [{"id": "1-host", "phase": "held", "opened_at": "2026-01-01T00:00:00Z",
+                    "steps": [
+                        {"action": "ecs-drain", "outcome": "done", "detail": "DRAINING"},
+                        {"action": "asg-unhealthy", "outcome": "held_by_breaker", "detail": "50% > 20%"}
+                    ]}]
+            }
+        });
+        let out = render(&doc);
+        assert!(
+            out.contains("REMEDIATION: ecs-drain -> asg-unhealthy (hold_down 30s, max 2 per hour)"),
+            "{out}"
+        );
+        assert!(out.contains("problem: IMDS: connection refused"), "{out}");
+        assert!(out.contains("held_by_breaker"), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.contains("1-host") && l.contains("held") && l.contains("ecs-drain")),
+            "{out}"
+        );
     }
 }

@@ -752,7 +752,11 @@ command = ["/bin/sh", "-c", "cat >> {}"]
             device: Some("259:1".into()),
             fstype: Some("xfs".into()),
             critical: true,
-            state: if failed { State::Failed } else { State::Healthy },
+            state: if failed {
+                State::Failed
+            } else {
+                State::Healthy
+            },
             since: SystemTime::now(),
             reasons: if failed {
                 vec![Reason {
@@ -805,7 +809,11 @@ command = ["/bin/sh", "-c", "cat >> {}"]
     }
 
     fn phase(r: &mut Remedy) -> Phase {
-        r.store.incidents.last().map(|i| i.phase).expect("an incident")
+        r.store
+            .incidents
+            .last()
+            .map(|i| i.phase)
+            .expect("an incident")
     }
 
     const S: Duration = Duration::from_secs(1);
