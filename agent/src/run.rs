@@ -42,8 +42,6 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("remediation: {0}")]
-    State(#[from] crate::remedy::incident::StoreError),
 }
 
 /// How often tracepoints that were missing are looked for again (modules load late).
@@ -309,12 +307,19 @@ async fn drive(
     let server = listener.map(|l| tokio::spawn(api::serve(l, Arc::clone(&shared), server_stop)));
     // The ladder runs on its own task: a step waiting on AWS or systemd never delays detection.
     let remedy = if remediate {
-        let remedy = Remedy::new(Arc::clone(&cfg), Arc::clone(&shared))?;
-        Some(tokio::spawn(remedy.run(
-            shared.subscribe(),
-            cfg_tx.subscribe(),
-            stop_tx.subscribe(),
-        )))
+        match Remedy::open(Arc::clone(&cfg), Arc::clone(&shared)).await {
+            Ok(remedy) => Some(tokio::spawn(remedy.run(
+                shared.subscribe(),
+                cfg_tx.subscribe(),
+                stop_tx.subscribe(),
+            ))),
+            // Detection and /healthz go on without the ladder; /status says why.
+            Err(problem) => {
+                error!(%problem, "remediation unavailable");
+                shared.set_remediation(Remedy::unavailable(&cfg, problem));
+                None
+            }
+        }
     } else {
         None
     };

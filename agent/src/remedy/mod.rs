@@ -44,6 +44,7 @@ const IDENTITY_TIMEOUT: Duration = Duration::from_secs(2);
 const IDENTITY_RETRY: Duration = Duration::from_secs(30);
 const IDENTITY_REFRESH: Duration = Duration::from_secs(300);
 const ECS_CACHE: &str = "ecs-instance.json";
+const STATE_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Incidents shown in /status.
 const REPORT_INCIDENTS: usize = 10;
 
@@ -89,6 +90,7 @@ impl Remedy {
     pub fn new(cfg: Arc<Config>, shared: Arc<Shared>) -> Result<Self, incident::StoreError> {
         let r = &cfg.remediate;
         let (store, loaded) = Store::open(&r.state_dir)?;
+        let on_watched = state_dir_on_watched_storage(&cfg);
         match &loaded {
             Loaded::Fresh => info!(path = %store.path().display(), "no incident history yet"),
             Loaded::Read(n) => {
@@ -106,7 +108,7 @@ impl Remedy {
                 "corrupt incident history moved to {}: {why}",
                 aside.display()
             )),
-            _ => None,
+            _ => on_watched,
         };
         let restored = store
             .incidents
@@ -130,6 +132,42 @@ impl Remedy {
             store_problem,
             hostname,
         })
+    }
+
+    /// [`Remedy::new`] on a blocking thread under a timeout: opening the state directory must
+    /// not hang the agent's start if the disk under it hangs.
+    pub async fn open(cfg: Arc<Config>, shared: Arc<Shared>) -> Result<Self, String> {
+        let dir = cfg.remediate.state_dir.clone();
+        let task = tokio::task::spawn_blocking(move || Remedy::new(cfg, shared));
+        match tokio::time::timeout(STATE_OPEN_TIMEOUT, task).await {
+            Ok(Ok(Ok(r))) => Ok(r),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "state directory {} did not answer within {STATE_OPEN_TIMEOUT:?}",
+                dir.display()
+            )),
+        }
+    }
+
+    /// What /status shows when the remediation task could not start.
+    pub fn unavailable(cfg: &Config, problem: String) -> Report {
+        Report {
+            dry_run: cfg.dry_run,
+            actions: cfg.remediate.actions.iter().map(|a| a.name()).collect(),
+            hold_down: cfg.remediate.hold_down,
+            max_per_hour: cfg.remediate.max_per_hour,
+            state_file: cfg
+                .remediate
+                .state_dir
+                .join("incidents.json")
+                .display()
+                .to_string(),
+            instance: None,
+            ecs: None,
+            problems: vec![format!("remediation unavailable: {problem}")],
+            incidents: Vec::new(),
+        }
     }
 
     fn rem(&self) -> &Remediate {
@@ -272,7 +310,7 @@ impl Remedy {
         }
         let Some(mut inc) = self.store.open_incident().cloned() else {
             if !failed.is_empty() && !self.rem().actions.is_empty() {
-                self.open(failed, now).await;
+                self.open_incident(failed, now).await;
             }
             return;
         };
@@ -318,7 +356,7 @@ impl Remedy {
         }
     }
 
-    async fn open(&mut self, failed: Vec<FailedTarget>, now: SystemTime) {
+    async fn open_incident(&mut self, failed: Vec<FailedTarget>, now: SystemTime) {
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -712,6 +750,28 @@ impl Remedy {
     }
 }
 
+/// The history must outlive the storage the agent watches: a state dir on the same mount as a
+/// critical watch is reported (the ladder still runs; its writes have timeouts).
+fn state_dir_on_watched_storage(cfg: &Config) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mounts = crate::topology::parse_mountinfo(&text).ok()?;
+    let dir = &cfg.remediate.state_dir;
+    let state = crate::topology::mount_for_path(&mounts, dir)?;
+    let watch = cfg.watch.iter().filter(|w| w.critical).find(|w| {
+        crate::topology::mount_for_path(&mounts, &w.path).is_some_and(|m| {
+            m.mount_id == state.mount_id && m.mount_point != std::path::Path::new("/")
+        })
+    })?;
+    let problem = format!(
+        "remediate.state_dir {} is on the watched mount {} (critical watch {}); put it on the root filesystem",
+        dir.display(),
+        state.mount_point.display(),
+        watch.path.display()
+    );
+    warn!("{problem}");
+    Some(problem)
+}
+
 #[cfg(test)]
 mod tests {
     //! The incident state machine and its rails, on synthetic statuses and a real state dir.
@@ -942,5 +1002,24 @@ command = ["/bin/sh", "-c", "cat >> {}"]
         assert!(r.store.incidents[0].dry_run);
         assert_eq!(bed.runs(), 0);
         assert_eq!(bed.metric("exec", "dry_run"), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_state_dir_is_reported_not_fatal() {
+        let bed = Bed::new();
+        let file = bed.dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let cfg = config(&file.join("state"), &bed.out(), "1s", 2);
+        let e = match Remedy::open(Arc::clone(&cfg), Arc::clone(&bed.shared)).await {
+            Ok(_) => panic!("a state dir under a file opened"),
+            Err(e) => e,
+        };
+        assert!(e.contains("state directory"), "{e}");
+        let report = Remedy::unavailable(&cfg, e);
+        assert!(
+            report.problems[0].starts_with("remediation unavailable"),
+            "{:?}",
+            report.problems
+        );
     }
 }
