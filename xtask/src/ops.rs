@@ -84,10 +84,14 @@ pub fn package() -> Result<Packages> {
             .args(["deb", "--package", "bindsto", "--no-build", "--output"])
             .arg(&out),
     )?;
-    // generate-rpm reads paths relative to the package's directory.
+    // generate-rpm resolves asset paths against the current directory (the crate's, where
+    // Cargo.toml's paths are relative to), `target/release/` against --target-dir.
     status(
         cargo()
-            .args(["generate-rpm", "--package", "agent", "--output"])
+            .current_dir(root.join("agent"))
+            .args(["generate-rpm", "--target-dir"])
+            .arg(root.join("target"))
+            .arg("--output")
             .arg(&out),
     )?;
     let find = |ext: &str| -> Result<PathBuf> {
