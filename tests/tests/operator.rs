@@ -82,6 +82,89 @@ fn doctor_without_capabilities_fails_with_fixes() {
     );
 }
 
+/// The agent confined to exactly the unit's `CapabilityBoundingSet=` (as systemd would start
+/// it: root, that bounding set, no inheritable set, `NoNewPrivileges=`) attaches every probe
+/// and serves its API: the unit grants enough. `setpriv` stands in for systemd here; the
+/// systemd guest of `vm-tests` runs the unit itself.
+#[test]
+fn the_units_capabilities_are_enough_to_run() {
+    let _g = privileged();
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/bindsto.service"),
+    )
+    .expect("unit");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(caps.contains(&"+bpf".to_string()), "{caps:?}");
+    // Capabilities this machine's own bounding set lacks cannot be raised; keep the rest.
+    let host = Command::new("setpriv")
+        .arg("--dump")
+        .output()
+        .expect("setpriv --dump");
+    let host = String::from_utf8_lossy(&host.stdout).to_string();
+    let bounding = host
+        .lines()
+        .find_map(|l| l.strip_prefix("Capability bounding set: "))
+        .unwrap_or("")
+        .to_string();
+    let usable: Vec<&String> = caps
+        .iter()
+        .filter(|c| bounding.split(',').any(|b| b == c.trim_start_matches('+')))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = dir.path().join("confined-bindsto");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh
+exec setpriv --bounding-set=-all,{} --inh-caps=-all --no-new-privs {} \"$@\"\n",
+            usable
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            default_agent_bin().expect("bin").display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut agent = Agent::start_with(&wrapper, "listen = \"127.0.0.1:9842\"\n", &[])
+        .expect("the agent under the unit's capabilities");
+    agent
+        .wait_for(Duration::from_secs(10), Duration::from_millis(100), |s| {
+            s["probes"]
+                .as_array()
+                .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["state"] == "attached"))
+        })
+        .unwrap_or_else(|e| panic!("probes not attached with {usable:?}: {e}"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let eff = status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .expect("CapEff")
+        .to_string();
+    println!("confined agent {eff} with {usable:?}");
+    let eff = u64::from_str_radix(eff.trim_start_matches("CapEff:").trim(), 16).expect("hex");
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_BPF: u32 = 39;
+    assert!(eff & (1 << CAP_BPF) != 0, "{eff:#x}");
+    assert!(
+        eff & ((1 << CAP_NET_ADMIN) | (1 << CAP_SYS_PTRACE)) == 0,
+        "the agent was not confined: {eff:#x}"
+    );
+    assert_eq!(agent.healthz().0, 200);
+}
+
 /// A kernel without `xfs:xfs_force_shutdown` (as on 5.10): a warning with what replaces it,
 /// not a failure.
 #[test]
