@@ -59,6 +59,22 @@ pub fn verify_unit() -> Result<()> {
         "systemd-analyze verify {UNIT} ({}):\n{msg}",
         out.status
     );
+    // The hardening must not regress: systemd's own exposure score (0 best, 10 worst).
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager", "--threshold=40"])
+        .arg(&copy)
+        .output()
+        .context("running systemd-analyze security")?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    let overall = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("no exposure level reported");
+    eprintln!("xtask: {}", overall.trim_start_matches(['→', ' ']));
+    ensure!(
+        out.status.success(),
+        "{UNIT}: exposure above 4.0 ({overall}):\n{report}"
+    );
     Ok(())
 }
 
