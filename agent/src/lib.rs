@@ -11,6 +11,7 @@ pub mod confirm;
 pub mod doctor;
 pub mod engine;
 pub mod events;
+pub mod gameday;
 pub mod health;
 pub mod metrics;
 pub mod probes;

@@ -80,7 +80,18 @@ pub fn load_probes() -> (
     Option<crate::probes::Maps>,
     Vec<ProbeStatus>,
 ) {
-    let Some(tracefs) = tracefs() else {
+    load_probes_from(None)
+}
+
+/// [`load_probes`], reading tracepoint layouts from `layouts` when given (see [`TRACEFS_ENV`]).
+fn load_probes_from(
+    layouts: Option<PathBuf>,
+) -> (
+    Option<Loaded>,
+    Option<crate::probes::Maps>,
+    Vec<ProbeStatus>,
+) {
+    let Some(tracefs) = layouts.or_else(tracefs) else {
         return (
             None,
             None,
@@ -215,17 +226,40 @@ pub async fn check(
     Ok(shared.status())
 }
 
+/// The engine in this process, without HTTP, publishing into `shared` until `shutdown`
+/// (`bindsto gameday` when no agent runs). `layouts` overrides where tracepoint layouts are
+/// read from, as [`TRACEFS_ENV`] does, to hide tracepoints from this engine only.
+pub async fn in_process(
+    cfg: Config,
+    shared: Arc<Shared>,
+    layouts: Option<PathBuf>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    drive_with(cfg, shared, layouts, None, shutdown)
+        .await
+        .map(|_| ())
+}
+
 async fn drive(
     cfg: Config,
     listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Arc<Shared>, RunError> {
+    let shared = Arc::new(Shared::new(Metrics::new(), SystemTime::now(), cfg.dry_run));
+    drive_with(cfg, shared, None, listener, shutdown).await
+}
+
+async fn drive_with(
+    cfg: Config,
+    shared: Arc<Shared>,
+    layouts: Option<PathBuf>,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Arc<Shared>, RunError> {
     let cfg = Arc::new(cfg);
     info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
-    let metrics = Metrics::new();
-    let shared = Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run));
 
-    let (mut loaded, maps, probe_status) = load_probes();
+    let (mut loaded, maps, probe_status) = load_probes_from(layouts);
     let (mut ring, mut scan_maps): (Option<AsyncFd<RingBuf<MapData>>>, Option<ScanMaps>) =
         match maps {
             // SAFETY: the ring buffer's fd is owned by the value moved into the AsyncFd and
