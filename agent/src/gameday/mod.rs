@@ -175,6 +175,10 @@ pub fn run(opts: &Options) -> Result<Report, GamedayError> {
         for s in &selected {
             tracing::info!(scenario = s, repetition = rep, "gameday scenario");
             let mut o = scenarios::run(&ctx, s)?;
+            // A signal during a scenario's cleanup still ends the run (after that cleanup).
+            if interrupted() {
+                return Err(GamedayError::Interrupted);
+            }
             o.repetition = rep;
             results.push(o);
         }

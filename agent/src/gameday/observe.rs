@@ -113,7 +113,7 @@ impl InProcess {
         let toml = format!(
             "listen = \"127.0.0.1:0\"\ndry_run = true\n[detect]\nscan_interval = \"{}ms\"\n\
              io_stall_after = \"{}s\"\nmount_blocked_after = \"{}s\"\nprobe_timeout = \"2s\"\n\
-             fstypes = [\"xfs\"]\n[[watch]]\npath = {}\ncritical = true\n",
+             fstypes = [\"xfs\"]\n[[watch]]\npath = {}\ncritical = true\nrequire_mountpoint = true\n",
             SCAN.as_millis(),
             STALL_AFTER.as_secs(),
             BLOCKED_AFTER.as_secs(),

@@ -24,6 +24,21 @@ pub const DISK_MB: u64 = 300;
 /// Runs `program args` with a timeout (the child is killed by its PID on timeout or Ctrl-C);
 /// returns its stdout.
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<String, GamedayError> {
+    run_inner(program, args, timeout, true)
+}
+
+/// [`run`] for cleanup steps, which must finish even after Ctrl-C.
+fn run_to_end(program: &str, args: &[&str], timeout: Duration) -> Result<String, GamedayError> {
+    run_inner(program, args, timeout, false)
+}
+
+fn run_inner(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+    interruptible: bool,
+) -> Result<String, GamedayError> {
+    let stop = || interruptible && interrupted();
     let what = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
@@ -47,10 +62,10 @@ pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<String, Ga
                 });
             }
         }
-        if interrupted() || Instant::now() >= deadline {
+        if stop() || Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            if interrupted() {
+            if stop() {
                 return Err(GamedayError::Interrupted);
             }
             return Err(GamedayError::Command {
@@ -330,7 +345,7 @@ impl Scratch {
                 .fault
                 .as_ref()
                 .is_some_and(|f| Path::new(backing.trim()) == f.image());
-            if ours && let Err(e) = run("losetup", &["-d", &dev], Duration::from_secs(30)) {
+            if ours && let Err(e) = run_to_end("losetup", &["-d", &dev], Duration::from_secs(30)) {
                 tracing::warn!(error = %e, "detaching {dev}");
             }
         }
