@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,6 +42,9 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Measure kernel cost, I/O overhead, detection latency, footprint and overload; write
+    /// docs/BENCHMARKS.md (root; installs fio and bpftrace; about 10 minutes).
+    Bench,
 }
 
 /// Debian packages, per TOOLCHAIN.md: Debian's Rust 1.96 with its library source builds the
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Build => setup().and_then(|()| build(true)),
         Cmd::Run { args } => run(&args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
+        Cmd::Bench => setup().and_then(|()| bench::bench()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
