@@ -481,6 +481,29 @@ fn prog_tracepoints() -> BTreeMap<u32, (u32, String)> {
     out
 }
 
+const BLOCK_TRACEPOINTS: [&str; 4] = [
+    "block_rq_issue",
+    "block_rq_complete",
+    "block_rq_error",
+    "block_rq_requeue",
+];
+
+/// Name of every loaded program.
+fn prog_names() -> BTreeMap<u32, String> {
+    let Ok(o) = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+    else {
+        return BTreeMap::new();
+    };
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["id"].as_u64()? as u32, p["name"].as_str()?.to_string())))
+        .collect()
+}
+
 fn fio(dev: &str, rw: &str, seconds: u64, extra: &[&str]) -> Result<(f64, u64)> {
     let out = Command::new("fio")
         .args([
@@ -568,12 +591,23 @@ fn kernel_cost(bin: &Path, scratch: &Path, ram: &RamLoop) -> Result<Vec<CostRow>
     }
     let after_a = bpf_progs(agent.proc.pid());
     let after_e = bpf_progs(empty.pid());
-    let tps = prog_tracepoints();
+    // bpftrace attaches through perf events (listed by `bpftool perf list`); aya through BPF
+    // links, which that list omits, so bindsto's programs are matched by name (the function
+    // name, cut to 15 characters by the kernel).
+    let mut tps: BTreeMap<u32, String> = prog_tracepoints()
+        .into_iter()
+        .map(|(id, (_, tp))| (id, tp))
+        .collect();
+    for (id, name) in prog_names() {
+        if let Some(tp) = BLOCK_TRACEPOINTS.iter().find(|tp| tp.starts_with(&name)) {
+            tps.entry(id).or_insert_with(|| tp.to_string());
+        }
+    }
     let per_tp = |before: &BTreeMap<u32, (u64, u64)>, after: &BTreeMap<u32, (u64, u64)>| {
         let mut m: BTreeMap<String, (f64, u64)> = BTreeMap::new();
         for (id, (t1, c1)) in after {
             let (t0, c0) = before.get(id).copied().unwrap_or((0, 0));
-            let Some((_, tp)) = tps.get(id) else { continue };
+            let Some(tp) = tps.get(id) else { continue };
             if c1 > &c0 {
                 m.insert(tp.clone(), ((t1 - t0) as f64 / (c1 - c0) as f64, c1 - c0));
             }
@@ -1090,25 +1124,34 @@ pub fn bench() -> Result<()> {
 /// Other processes' BPF programs on block tracepoints (other agents on a shared machine):
 /// they cost every condition the same, including "no tracing".
 fn other_block_tracers() -> String {
-    let me = std::process::id();
-    let mut pids: Vec<u32> = prog_tracepoints()
-        .values()
-        .filter(|(pid, tp)| *pid != me && tp.starts_with("block_"))
-        .map(|(pid, _)| *pid)
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    if pids.is_empty() {
+    let names = prog_names();
+    let on_block = |id: &u32| {
+        names.get(id).is_some_and(|n| {
+            BLOCK_TRACEPOINTS
+                .iter()
+                .any(|tp| tp.starts_with(n.as_str()))
+        })
+    };
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && bpf_progs(pid).keys().any(on_block) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            found.push(format!("{} (pid {pid})", comm.trim()));
+        }
+    }
+    for (pid, tp) in prog_tracepoints().values() {
+        let s = format!("(pid {pid})");
+        if tp.starts_with("block_") && !found.iter().any(|f| f.ends_with(&s)) {
+            found.push(format!("pid {pid} on {tp}"));
+        }
+    }
+    if found.is_empty() {
         "none".into()
     } else {
-        let names: Vec<String> = pids
-            .iter()
-            .map(|p| {
-                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                format!("{} (pid {p})", comm.trim())
-            })
-            .collect();
-        names.join(", ")
+        found.join(", ")
     }
 }
 

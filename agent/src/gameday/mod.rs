@@ -262,3 +262,83 @@ pub fn render(report: &Report) -> String {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_selection() {
+        assert_eq!(scenarios::select(&[]).unwrap().len(), 5);
+        assert_eq!(scenarios::select(&["all".into()]).unwrap().len(), 5);
+        assert_eq!(
+            scenarios::select(&["disk-stall".into(), "recovery".into()]).unwrap(),
+            vec!["disk-stall", "recovery"]
+        );
+        let e = scenarios::select(&["meteor".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown scenario \"meteor\"") && e.contains("xfs-shutdown"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn workdir_must_be_a_plain_directory() {
+        let e = check_workdir(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refusing /dev/null: it is a device"), "{e}");
+        // `/` is always a mount, and never tmpfs on a real host.
+        let root_fs = crate::topology::read_mountinfo()
+            .unwrap()
+            .into_iter()
+            .rfind(|m| m.mount_point == Path::new("/"))
+            .unwrap();
+        if root_fs.fstype != "tmpfs" {
+            let e = check_workdir(Path::new("/")).unwrap_err().to_string();
+            assert!(e.contains("it is an existing mount"), "{e}");
+        }
+        let e = check_workdir(Path::new("/nonexistent-bindsto")).unwrap_err();
+        assert!(e.to_string().starts_with("refusing /nonexistent-bindsto"));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_workdir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn table_has_one_row_per_run_and_a_verdict() {
+        let report = Report {
+            observer: "in-process engine".into(),
+            kernel: "6.18".into(),
+            passed: false,
+            results: vec![
+                Outcome {
+                    scenario: "disk-stall",
+                    repetition: 1,
+                    expected: "device failed: io_stall".into(),
+                    detected: Some("device failed: io_stall".into()),
+                    latency_ms: Some(3250.0),
+                    threshold_ms: Some(3000.0),
+                    passed: true,
+                    note: String::new(),
+                },
+                Outcome {
+                    scenario: "xfs-shutdown",
+                    repetition: 1,
+                    expected: "mount failed: xfs_shutdown".into(),
+                    detected: None,
+                    latency_ms: None,
+                    threshold_ms: None,
+                    passed: false,
+                    note: "no verdict within 5 s".into(),
+                },
+            ],
+        };
+        let t = render(&report);
+        assert!(t.contains("SCENARIO"), "{t}");
+        assert!(t.contains("3.25 s (250 ms after threshold)"), "{t}");
+        assert!(t.contains("FAIL: no verdict within 5 s"), "{t}");
+        assert!(t.ends_with("some scenarios FAILED\n"), "{t}");
+    }
+}
