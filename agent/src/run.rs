@@ -260,6 +260,10 @@ async fn drive_with(
     info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
 
     let (mut loaded, maps, probe_status) = load_probes_from(layouts);
+    // Loading parses the kernel's BTF (megabytes); hand the freed heap back to the system so
+    // the resident size reflects what the agent keeps, not what loading once needed.
+    // SAFETY: glibc's malloc_trim only releases free memory; no pointers are involved.
+    unsafe { libc::malloc_trim(0) };
     let (mut ring, mut scan_maps): (Option<AsyncFd<RingBuf<MapData>>>, Option<ScanMaps>) =
         match maps {
             // SAFETY: the ring buffer's fd is owned by the value moved into the AsyncFd and
