@@ -575,6 +575,7 @@ struct CostRow {
     tracepoint: String,
     bindsto_ns: f64,
     floor_ns: f64,
+    tracker_ns: f64,
     runs: u64,
 }
 
@@ -583,14 +584,17 @@ struct CostRow {
 fn kernel_cost(bin: &Path, scratch: &Path, ram: &RamLoop) -> Result<Vec<CostRow>> {
     let agent = Agent::start(bin, scratch, "cost", None)?;
     let empty = bpftrace(BPFTRACE_EMPTY, scratch, "empty")?;
+    let tracker = bpftrace(BPFTRACE_BIOLATENCY, scratch, "tracker")?;
     let before_a = bpf_progs(agent.proc.pid());
     let before_e = bpf_progs(empty.pid());
+    let before_t = bpf_progs(tracker.pid());
     for _ in 0..3 {
         fio(&ram.dev, "randread", FIO_SECONDS, &[])?;
         fio(&ram.dev, "randwrite", FIO_SECONDS, &[])?;
     }
     let after_a = bpf_progs(agent.proc.pid());
     let after_e = bpf_progs(empty.pid());
+    let after_t = bpf_progs(tracker.pid());
     // bpftrace attaches through perf events (listed by `bpftool perf list`); aya through BPF
     // links, which that list omits, so bindsto's programs are matched by name (the function
     // name, cut to 15 characters by the kernel).
@@ -616,6 +620,7 @@ fn kernel_cost(bin: &Path, scratch: &Path, ram: &RamLoop) -> Result<Vec<CostRow>
     };
     let a = per_tp(&before_a, &after_a);
     let e = per_tp(&before_e, &after_e);
+    let t = per_tp(&before_t, &after_t);
     let mut rows = Vec::new();
     for (tp, (floor, _)) in &e {
         if let Some((ns, runs)) = a.get(tp) {
@@ -623,6 +628,7 @@ fn kernel_cost(bin: &Path, scratch: &Path, ram: &RamLoop) -> Result<Vec<CostRow>
                 tracepoint: tp.clone(),
                 bindsto_ns: *ns,
                 floor_ns: *floor,
+                tracker_ns: t.get(tp).map_or(f64::NAN, |x| x.0),
                 runs: *runs,
             });
         }
@@ -759,24 +765,23 @@ fn footprint_runs(bin: &Path, scratch: &Path, ram: &RamLoop, faultyfs: &Path) ->
             &scratch.join("dd.log"),
         )?;
         std::thread::sleep(Duration::from_secs(1));
-        let written = fill_inflight_map(agent.proc.pid(), &disk, scratch, 10_000)?;
+        let map_id = fill_inflight_map(agent.proc.pid(), &disk, scratch, 10_000)?;
         std::thread::sleep(Duration::from_secs(2));
         let (cpu, rss) = footprint(agent.proc.pid(), Duration::from_secs(10))?;
-        let inflight = agent
-            .status()
-            .and_then(|s| {
-                s["devices"]
-                    .as_array()?
-                    .iter()
-                    .find(|d| d["name"] == disk.name.as_str())
-                    .and_then(|d| d["inflight"].as_u64())
-            })
+        // Still there after the window: the scanner kept them (the disk really has a request
+        // in flight), so every scan walked all of them.
+        let left = Command::new("bpftool")
+            .args(["map", "dump", "id", &map_id, "--json"])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .and_then(|v| v.as_array().map(Vec::len))
             .unwrap_or(0);
         rows.push((
             "10,000 requests in flight".into(),
             cpu,
             rss,
-            format!("{written} map entries written; /status shows {inflight} in flight"),
+            format!("10000 entries written with bpftool; {left} in the map after the window"),
         ));
         disk.control("pass")?;
         reader.stop();
@@ -880,7 +885,7 @@ impl Drop for FaultyLoop {
 
 /// Writes `n` entries for `disk` into the agent's RQ_INFLIGHT map (found through the agent's
 /// own fds, so other agents on the host are never touched) with one `bpftool batch`.
-fn fill_inflight_map(pid: u32, disk: &FaultyLoop, scratch: &Path, n: u32) -> Result<u32> {
+fn fill_inflight_map(pid: u32, disk: &FaultyLoop, scratch: &Path, n: u32) -> Result<String> {
     let mut map_id = None;
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
@@ -921,7 +926,7 @@ fn fill_inflight_map(pid: u32, disk: &FaultyLoop, scratch: &Path, n: u32) -> Res
     let file = scratch.join("inflight.batch");
     std::fs::write(&file, batch)?;
     status(Command::new("bpftool").arg("batch").arg("file").arg(&file))?;
-    Ok(n)
+    Ok(map_id)
 }
 
 struct Overload {
@@ -1004,7 +1009,7 @@ fn overload(bin: &Path, scratch: &Path, faultyfs: &Path) -> Result<Overload> {
                     .unwrap_or_default()
             ))
         })
-        .unwrap_or_else(|| "not reported".into());
+        .unwrap_or_else(|| "none".into());
     let r = &gd_v["results"][0];
     Ok(Overload {
         lost,
@@ -1206,8 +1211,9 @@ fn render(r: &Rendered) -> String {
          each program over 3 x ({FIO_SECONDS} s random read + {FIO_SECONDS} s random write) with \
          fio on a loop device over tmpfs. The floor is an empty program on the same tracepoint, \
          loaded from a bpftrace one-liner (`{BPFTRACE_EMPTY}`) and attached at the same time, so \
-         both see the same events.\n\n| tracepoint | bindsto ns/event | empty program ns/event | \
-         ratio | events |\n|---|---|---|---|---|"
+         both see the same events; the bpftrace biolatency-style tracker (below) ran alongside too, \
+         for comparison.\n\n| tracepoint | bindsto ns/event | empty program ns/event | ratio | \
+         bpftrace tracker ns/event | events |\n|---|---|---|---|---|---|"
     );
     let mut worst: f64 = 0.0;
     for c in &r.cost {
@@ -1215,8 +1221,8 @@ fn render(r: &Rendered) -> String {
         worst = worst.max(ratio);
         let _ = writeln!(
             d,
-            "| {} | {:.0} | {:.0} | {:.2}x | {} |",
-            c.tracepoint, c.bindsto_ns, c.floor_ns, ratio, c.runs
+            "| {} | {:.0} | {:.0} | {:.2}x | {:.0} | {} |",
+            c.tracepoint, c.bindsto_ns, c.floor_ns, ratio, c.tracker_ns, c.runs
         );
     }
     let per_io: f64 = r
@@ -1225,16 +1231,27 @@ fn render(r: &Rendered) -> String {
         .filter(|c| c.tracepoint == "block_rq_issue" || c.tracepoint == "block_rq_complete")
         .map(|c| c.bindsto_ns)
         .sum();
+    let tracker_worst = r
+        .cost
+        .iter()
+        .map(|c| c.tracker_ns / c.floor_ns)
+        .fold(0.0, f64::max);
     targets.push((
         "block programs' cost per event <= 3x the empty program".into(),
         format!("worst {worst:.2}x"),
         worst <= 3.0,
-        "an empty tracepoint program still pays the trampoline (~tens of ns); bindsto's \
-         issue/complete programs do a hash-map update/delete on top, whose cost is dominated by \
-         the map's bucket lock and hashing of the 16-byte key. Fix: a per-CPU or \
-         BPF_F_NO_PREALLOC-free map, or keying by request pointer (8 bytes) where the kernel \
-         exposes it (BTF tracepoints)."
-            .into(),
+        format!(
+            "an empty program costs only the tracepoint dispatch; tracking a request costs a hash \
+             lookup plus an insert on issue (preallocated hash: free-list pop, bucket lock, \
+             jhash of the 16-byte dev+sector key) and a lookup plus delete on completion, and \
+             bindsto reads its three fields through `bpf_probe_read` helper calls because the \
+             offsets come from tracefs at run time. The bpftrace tracker, which does the same \
+             map work, measured {tracker_worst:.2}x the floor in the same run: 3x is below what \
+             any per-request map costs. Fix: BTF tracepoints (`tp_btf/block_rq_issue`) reading \
+             `struct request` directly (no helper calls) and keyed by the request pointer (8 \
+             bytes), or a per-device counter of issues/completions instead of a per-request map \
+             (ages then come from sysfs `inflight` + `io_ticks`)."
+        ),
     ));
     let _ = writeln!(d);
 
@@ -1279,17 +1296,28 @@ fn render(r: &Rendered) -> String {
         );
     }
     let per_io_us = 1e6 / base_iops.max(1.0);
+    // Spread of the no-tracing runs: max-min over median, the noise floor of this machine.
+    let noise = WORKLOADS
+        .iter()
+        .filter_map(|(rw, _)| r.io.iops.get(rw)?.get("none"))
+        .map(|v| (max(v) - v.iter().copied().fold(f64::INFINITY, f64::min)) / median(v) * 100.0)
+        .fold(0.0, f64::max);
     targets.push((
         "fio IOPS loss with bindsto <= 2%".into(),
-        format!("worst {worst_loss:.1}%"),
+        format!("worst {worst_loss:.1}% (no-tracing runs spread {noise:.0}%)"),
         worst_loss <= 2.0,
         format!(
-            "at {base_iops:.0} IOPS one I/O takes {per_io_us:.2} us of which bindsto's issue + \
-             complete programs take {:.2} us ({:.1}%): on a RAM-backed loop device any per-request \
-             hash-map update is a visible share, and run-to-run noise on a shared 2-core machine is \
-             of the same order (see the individual runs). On a real EBS/NVMe device (>= 50 us per \
-             I/O) the same cost is well under 1%. Fix: a cheaper map (see above), or sampling \
-             completions only for devices with a request older than a threshold.",
+            "{}at {base_iops:.0} IOPS one I/O takes {per_io_us:.2} us, of which bindsto's issue + \
+             complete programs take {:.2} us ({:.1}%, from the kernel cost above, measured with \
+             stats on): on a RAM-backed loop device per-request map work is a visible share. On \
+             a real EBS/NVMe device (>= 50 us per I/O) the same cost is under 1.5%. Fix: the \
+             cheaper programs above; run the bench on an idle machine.",
+            if noise > 4.0 {
+                "inconclusive here: the no-tracing runs alone vary by more than the target, \
+                 because the machine was shared (see the load average). Expected loss: "
+            } else {
+                ""
+            },
             per_io / 1000.0,
             per_io / 1000.0 / per_io_us * 100.0
         ),
@@ -1382,8 +1410,9 @@ fn render(r: &Rendered) -> String {
             "RSS idle <= 20 MiB".into(),
             format!("{rss:.1} MiB"),
             *rss <= 20.0,
-            "the tokio runtime, the loaded BPF object and the parsed tracefs layouts. Fix: fewer \
-             worker threads (1), release the object's BTF after load."
+            "heap left from loading the kernel programs (aya parses the kernel's BTF, \
+             /sys/kernel/btf/vmlinux, several MiB) if it is not returned to the system. Fix: \
+             `malloc_trim(0)` after loading (done in run.rs), or drop the BTF earlier."
                 .into(),
         ));
         targets.push((
@@ -1416,7 +1445,7 @@ fn render(r: &Rendered) -> String {
          `bindsto gameday --scenario xfs-shutdown` runs against the same agent.\n\n| | |\n|---|---|\n\
          | failed requests (fio) | {} |\n| events lost (`bindsto_events_lost_total`) | {:.0} |\n\
          | errors counted for the flooded disk | {:.0} |\n| agent up afterwards | {} |\n\
-         | flooded disk's verdict | {} |\n| XFS shutdown on another disk during the flood | {} ({}) |\n",
+         | flooded disk's target (it carries no observed mount, so none is expected) | {} |\n| XFS shutdown on another disk during the flood | {} ({}) |\n",
         o.fio_errors,
         o.lost,
         o.errors_seen,
@@ -1437,10 +1466,10 @@ fn render(r: &Rendered) -> String {
                 "missed"
             }
         ),
-        o.lost > 0.0 && o.alive && o.gameday_passed && o.flooded_verdict.contains("io_errors"),
-        "if no events were lost the agent kept up even while frozen for 3 s (the ring buffer is \
-         large enough); a lost shutdown event would be a real gap: the engine would then \
-         depend on the statx confirmation, which only runs after block errors on that disk. \
+        o.lost > 0.0 && o.alive && o.gameday_passed && o.errors_seen > 0.0,
+        "no events lost means the agent drained the ring even while frozen (make the flood \
+         longer); a missed shutdown means its event was among the lost ones: the engine then \
+         depends on the statx confirmation, which runs only after block errors on that disk. \
          Fix: on lost events, probe every observed XFS mount once."
             .into(),
     ));
