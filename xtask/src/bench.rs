@@ -1381,7 +1381,10 @@ fn render(r: &Rendered) -> String {
         if let Some((_, a, _, _)) = get(s) {
             let m = max(a);
             targets.push((
-                format!("{s}: at most one scan (250 ms) after the threshold"),
+                format!(
+                    "{s}: at most one scan (250 ms) after the threshold (20 ms allowed for the \
+                     injection and the 2 ms poll)"
+                ),
                 format!("max {m:.0} ms after"),
                 m <= 250.0 + 20.0,
                 "the scan runs every 250 ms but the stall age counts from the request's issue \
