@@ -10,8 +10,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-
-mod bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Measure kernel cost, I/O overhead, detection latency, footprint and overload; write
+    /// docs/BENCHMARKS.md (root; installs fio and bpftrace; about 10 minutes).
+    Bench,
     /// Install what the build and the tests need (apt packages, bpf-linker); no-op when present.
     Setup,
     /// Build the agent (release).
@@ -42,9 +43,6 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
-    /// Measure kernel cost, I/O overhead, detection latency, footprint and overload; write
-    /// docs/BENCHMARKS.md (root; installs fio and bpftrace; about 10 minutes).
-    Bench,
 }
 
 /// Debian packages, per TOOLCHAIN.md: Debian's Rust 1.96 with its library source builds the
@@ -69,11 +67,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
+        Cmd::Bench => setup().and_then(|()| bench::bench()),
         Cmd::Setup => setup(),
         Cmd::Build => setup().and_then(|()| build(true)),
         Cmd::Run { args } => run(&args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
-        Cmd::Bench => setup().and_then(|()| bench::bench()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -239,3 +237,5 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     eprintln!("xtask: all tests passed");
     Ok(())
 }
+
+mod bench;
