@@ -226,40 +226,18 @@ pub async fn check(
     Ok(shared.status())
 }
 
-/// The engine in this process, without HTTP, publishing into `shared` until `shutdown`
-/// (`bindsto gameday` when no agent runs). `layouts` overrides where tracepoint layouts are
-/// read from, as [`TRACEFS_ENV`] does, to hide tracepoints from this engine only.
-pub async fn in_process(
-    cfg: Config,
-    shared: Arc<Shared>,
-    layouts: Option<PathBuf>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
-    drive_with(cfg, shared, layouts, None, shutdown)
-        .await
-        .map(|_| ())
-}
-
 async fn drive(
     cfg: Config,
     listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Arc<Shared>, RunError> {
-    let shared = Arc::new(Shared::new(Metrics::new(), SystemTime::now(), cfg.dry_run));
-    drive_with(cfg, shared, None, listener, shutdown).await
-}
-
-async fn drive_with(
-    cfg: Config,
-    shared: Arc<Shared>,
-    layouts: Option<PathBuf>,
-    listener: Option<TcpListener>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Arc<Shared>, RunError> {
     let cfg = Arc::new(cfg);
     info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
+    let metrics = Metrics::new();
+    let shared = in_process::shared()
+        .unwrap_or_else(|| Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run)));
 
-    let (mut loaded, maps, probe_status) = load_probes_from(layouts);
+    let (mut loaded, maps, probe_status) = load_probes_from(in_process::layouts());
     // Loading parses the kernel's BTF (megabytes); hand the freed heap back to the system so
     // the resident size reflects what the agent keeps, not what loading once needed.
     // SAFETY: glibc's malloc_trim only releases free memory; no pointers are involved.
@@ -358,5 +336,54 @@ async fn drive_with(
             Ok(Err(e)) => Err(RunError::Serve(e)),
             Err(e) => Err(RunError::Io(std::io::Error::other(e))),
         },
+    }
+}
+
+/// The engine in this process, without HTTP, for `bindsto gameday` when no agent runs: it
+/// publishes into a `Shared` the caller reads while it runs, and can read tracepoint layouts
+/// from elsewhere (as [`TRACEFS_ENV`] does) to hide tracepoints from this engine only. It is
+/// `check` running until `stop`, with both handed in through a task-local so `drive` keeps
+/// its signature.
+pub mod in_process {
+    use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+
+    use super::{RunError, check};
+    use crate::{config::Config, engine::Shared};
+
+    #[derive(Clone)]
+    struct Injected {
+        shared: Arc<Shared>,
+        layouts: Option<PathBuf>,
+    }
+
+    tokio::task_local! {
+        static INJECTED: Injected;
+    }
+
+    pub(super) fn shared() -> Option<Arc<Shared>> {
+        INJECTED.try_with(|i| Arc::clone(&i.shared)).ok()
+    }
+
+    pub(super) fn layouts() -> Option<PathBuf> {
+        INJECTED.try_with(|i| i.layouts.clone()).ok().flatten()
+    }
+
+    /// Runs the engine until `stop` resolves.
+    pub async fn run(
+        cfg: Config,
+        shared: Arc<Shared>,
+        layouts: Option<PathBuf>,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        // A year: `stop` ends it; dropping the engine detaches its programs.
+        let engine = check(cfg, Duration::from_secs(365 * 24 * 3600));
+        INJECTED
+            .scope(Injected { shared, layouts }, async {
+                tokio::select! {
+                    r = engine => r.map(|_| ()),
+                    () = stop => Ok(()),
+                }
+            })
+            .await
     }
 }

@@ -104,7 +104,7 @@ pub struct InProcess {
 
 impl InProcess {
     /// Starts an engine watching `watch` as critical; `layouts` hides tracepoints (see
-    /// [`run::in_process`]).
+    /// [`run::in_process::run`]).
     pub fn start(
         rt: &tokio::runtime::Handle,
         watch: &Path,
@@ -123,9 +123,14 @@ impl InProcess {
             .map_err(|e| GamedayError::Agent(format!("in-process config: {e}")))?;
         let shared = Arc::new(Shared::new(Metrics::new(), SystemTime::now(), true));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = rt.spawn(run::in_process(cfg, Arc::clone(&shared), layouts, async {
-            let _ = rx.await;
-        }));
+        let task = rt.spawn(run::in_process::run(
+            cfg,
+            Arc::clone(&shared),
+            layouts,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Ok(InProcess {
             shared,
             stop: Some(tx),
