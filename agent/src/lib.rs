@@ -12,6 +12,7 @@ pub mod confirm;
 pub mod doctor;
 pub mod engine;
 pub mod events;
+pub mod gameday;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -92,6 +92,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Chaos experiments on scratch storage created for the purpose (loop devices over a
+    /// fault-injecting file): inject, measure detection latency, restore, clean up. Exits 1 on
+    /// any miss.
+    Gameday {
+        /// A scenario (xfs-shutdown, disk-errors, disk-stall, mount-hang, recovery) or `all`.
+        #[arg(long, default_value = "all")]
+        scenario: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Directory in which the scratch directory is created (never an existing mount).
+        #[arg(long, default_value = "/tmp")]
+        workdir: PathBuf,
+        /// The agent to observe; if none answers there, an engine runs in this process.
+        #[arg(long, default_value = "127.0.0.1:9842")]
+        addr: SocketAddr,
+        /// Always use an engine in this process, even if an agent is running.
+        #[arg(long)]
+        standalone: bool,
+        /// Run every scenario this many times.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// With a running agent: how long to wait for each verdict (its thresholds apply).
+        #[arg(long, default_value = "150s", value_parser = humantime::parse_duration)]
+        agent_timeout: Duration,
+    },
     /// Configuration helpers.
     ///
     /// The config is TOML; every key is optional and unknown keys are errors. A malformed file
@@ -251,12 +277,52 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Gameday {
+            scenario,
+            json,
+            workdir,
+            addr,
+            standalone,
+            repeat,
+            agent_timeout,
+        } => gameday(
+            bindsto::gameday::Options {
+                scenarios: scenario,
+                workdir,
+                agent: addr,
+                standalone,
+                repeat,
+                agent_timeout,
+            },
+            json,
+        ),
         Command::Config {
             command: ConfigCommand::Default,
         } => {
             print!("{DEFAULT_TOML}");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `bindsto gameday`: exit 0 when every scenario passed, 1 on a miss, 2 when it could not run,
+/// 130 when interrupted (after cleaning up).
+fn gameday(opts: bindsto::gameday::Options, json: bool) -> anyhow::Result<ExitCode> {
+    use bindsto::gameday::{self, GamedayError};
+    match gameday::run(&opts) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", gameday::render(&report));
+            }
+            Ok(ExitCode::from(if report.passed { 0 } else { 1 }))
+        }
+        Err(e @ GamedayError::Interrupted) => {
+            eprintln!("bindsto: {e}");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -83,7 +83,18 @@ pub fn load_probes() -> (
     Option<crate::probes::Maps>,
     Vec<ProbeStatus>,
 ) {
-    let Some(tracefs) = tracefs() else {
+    load_probes_from(None)
+}
+
+/// [`load_probes`], reading tracepoint layouts from `layouts` when given (see [`TRACEFS_ENV`]).
+fn load_probes_from(
+    layouts: Option<PathBuf>,
+) -> (
+    Option<Loaded>,
+    Option<crate::probes::Maps>,
+    Vec<ProbeStatus>,
+) {
+    let Some(tracefs) = layouts.or_else(tracefs) else {
         return (
             None,
             None,
@@ -260,9 +271,14 @@ async fn drive(
     let cfg_tx: reload::ConfigTx = Arc::new(cfg_tx);
     info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
     let metrics = Metrics::new();
-    let shared = Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run));
+    let shared = in_process::shared()
+        .unwrap_or_else(|| Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run)));
 
-    let (mut loaded, maps, probe_status) = load_probes();
+    let (mut loaded, maps, probe_status) = load_probes_from(in_process::layouts());
+    // Loading parses the kernel's BTF (megabytes); hand the freed heap back to the system so
+    // the resident size reflects what the agent keeps, not what loading once needed.
+    // SAFETY: glibc's malloc_trim only releases free memory; no pointers are involved.
+    unsafe { libc::malloc_trim(0) };
     let (mut ring, mut scan_maps): (Option<AsyncFd<RingBuf<MapData>>>, Option<ScanMaps>) =
         match maps {
             // SAFETY: the ring buffer's fd is owned by the value moved into the AsyncFd and
@@ -407,5 +423,54 @@ async fn drive(
             Ok(Err(e)) => Err(RunError::Serve(e)),
             Err(e) => Err(RunError::Io(std::io::Error::other(e))),
         },
+    }
+}
+
+/// The engine in this process, without HTTP, for `bindsto gameday` when no agent runs: it
+/// publishes into a `Shared` the caller reads while it runs, and can read tracepoint layouts
+/// from elsewhere (as [`TRACEFS_ENV`] does) to hide tracepoints from this engine only. It is
+/// `check` running until `stop`, with both handed in through a task-local so `drive` keeps
+/// its signature.
+pub mod in_process {
+    use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+
+    use super::{RunError, check};
+    use crate::{config::Config, engine::Shared};
+
+    #[derive(Clone)]
+    struct Injected {
+        shared: Arc<Shared>,
+        layouts: Option<PathBuf>,
+    }
+
+    tokio::task_local! {
+        static INJECTED: Injected;
+    }
+
+    pub(super) fn shared() -> Option<Arc<Shared>> {
+        INJECTED.try_with(|i| Arc::clone(&i.shared)).ok()
+    }
+
+    pub(super) fn layouts() -> Option<PathBuf> {
+        INJECTED.try_with(|i| i.layouts.clone()).ok().flatten()
+    }
+
+    /// Runs the engine until `stop` resolves.
+    pub async fn run(
+        cfg: Config,
+        shared: Arc<Shared>,
+        layouts: Option<PathBuf>,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        // A year: `stop` ends it; dropping the engine detaches its programs.
+        let engine = check(cfg, Duration::from_secs(365 * 24 * 3600));
+        INJECTED
+            .scope(Injected { shared, layouts }, async {
+                tokio::select! {
+                    r = engine => r.map(|_| ()),
+                    () = stop => Ok(()),
+                }
+            })
+            .await
     }
 }

@@ -23,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Measure kernel cost, I/O overhead, detection latency, footprint and overload; write
+    /// docs/BENCHMARKS.md (root; installs fio and bpftrace; about 10 minutes).
+    Bench,
     /// Install what the build and the tests need (apt packages, bpf-linker); no-op when present.
     Setup,
     /// Build the agent (release).
@@ -78,6 +81,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
+        Cmd::Bench => setup().and_then(|()| bench::bench()),
         Cmd::Setup => setup(),
         Cmd::Build => setup().and_then(|()| build(true)),
         Cmd::Run { args } => run(&args),
@@ -281,3 +285,5 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     eprintln!("xtask: all tests passed");
     Ok(())
 }
+
+mod bench;

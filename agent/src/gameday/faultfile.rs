@@ -1,0 +1,684 @@
+//! A one-file FUSE filesystem that injects faults: it serves `disk.img`, whose bytes live in a
+//! real backing file, and passes its reads and writes through, fails them with `EIO`, or parks
+//! them until the mode changes. A loop device over that file is a disk that can be made to fail
+//! or hang on demand. `bindsto gameday` runs it in-process; the test suite's `faultyfs` binary
+//! wraps it with a control socket.
+//!
+//! Metadata operations (lookup, getattr, setattr, open, flush, release, statfs, readdir) always
+//! pass, so `losetup` can attach and detach the file in every mode. The FUSE loop is never
+//! blocked: a parked request is a closure owning the reply object, run when the mode changes.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session, SessionACL,
+    TimeOrNow, WriteFlags,
+};
+
+/// The name of the one file served.
+pub const FILE_NAME: &str = "disk.img";
+const FILE_INO: INodeNo = INodeNo(2);
+const TTL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultFileError {
+    #[error("opening the backing file {path}: {source}")]
+    Backing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mounting the fault-injecting FUSE file system at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What happens to data requests (read, write, fsync, fallocate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Served against the backing file.
+    Pass,
+    /// Answered with `EIO`.
+    Error,
+    /// Parked until the mode changes.
+    Hang,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pass => "pass",
+            Mode::Error => "error",
+            Mode::Hang => "hang",
+        }
+    }
+}
+
+/// What to do with a data request: serve it against the backing file or fail it with EIO.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    Serve,
+    Fail,
+}
+
+/// A data request with its reply object, runnable now or later (when parked).
+type Job = Box<dyn FnOnce(&Shared, Disposition) + Send>;
+
+struct State {
+    mode: Mode,
+    parked: VecDeque<Job>,
+}
+
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    fsyncs: AtomicU64,
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+    eio: AtomicU64,
+    parked_total: AtomicU64,
+}
+
+/// The state shared by the FUSE threads and whoever switches modes.
+pub struct Shared {
+    backing: File,
+    state: Mutex<State>,
+    counters: Counters,
+    direct_io: bool,
+    verbose: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `job` now (pass/error) or parks it (hang). Parking happens under the state lock,
+    /// so a concurrent mode switch never loses a request.
+    fn submit(&self, what: &str, job: Job) {
+        let mut st = self.lock();
+        match st.mode {
+            Mode::Pass => {
+                drop(st);
+                job(self, Disposition::Serve);
+            }
+            Mode::Error => {
+                drop(st);
+                job(self, Disposition::Fail);
+            }
+            Mode::Hang => {
+                if self.verbose {
+                    eprintln!("faultyfs: parking {what}");
+                }
+                self.counters.parked_total.fetch_add(1, Ordering::Relaxed);
+                st.parked.push_back(job);
+            }
+        }
+    }
+
+    /// Switches mode and returns how many parked requests were released. Leaving `hang` runs
+    /// the parked jobs while still holding the lock, so a request arriving after the switch is
+    /// served only after every parked one.
+    pub fn set_mode(&self, mode: Mode) -> usize {
+        let mut st = self.lock();
+        let old = st.mode;
+        st.mode = mode;
+        let mut released = 0;
+        if mode != Mode::Hang {
+            let disposition = if mode == Mode::Pass {
+                Disposition::Serve
+            } else {
+                Disposition::Fail
+            };
+            while let Some(job) = st.parked.pop_front() {
+                job(self, disposition);
+                released += 1;
+            }
+        }
+        drop(st);
+        if self.verbose {
+            eprintln!(
+                "faultyfs: {} mode {} -> {} (released {released})",
+                timestamp(),
+                old.name(),
+                mode.name()
+            );
+        }
+        released
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.lock().mode
+    }
+
+    /// One line: `ok mode=.. parked=.. reads=.. writes=.. ...`.
+    pub fn status_line(&self) -> String {
+        let st = self.lock();
+        let c = &self.counters;
+        let size = self.backing.metadata().map(|m| m.len()).unwrap_or(0);
+        format!(
+            "ok mode={} parked={} parked_total={} reads={} writes={} fsyncs={} read_bytes={} \
+             written_bytes={} eio={} size={} direct_io={}",
+            st.mode.name(),
+            st.parked.len(),
+            c.parked_total.load(Ordering::Relaxed),
+            c.reads.load(Ordering::Relaxed),
+            c.writes.load(Ordering::Relaxed),
+            c.fsyncs.load(Ordering::Relaxed),
+            c.read_bytes.load(Ordering::Relaxed),
+            c.written_bytes.load(Ordering::Relaxed),
+            c.eio.load(Ordering::Relaxed),
+            size,
+            self.direct_io,
+        )
+    }
+
+    fn file_attr(&self) -> std::io::Result<FileAttr> {
+        let m = self.backing.metadata()?;
+        let t = |secs: i64, nsecs: i64| {
+            if secs >= 0 {
+                UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+            } else {
+                UNIX_EPOCH
+            }
+        };
+        Ok(FileAttr {
+            ino: FILE_INO,
+            size: m.len(),
+            blocks: m.blocks(),
+            atime: t(m.atime(), m.atime_nsec()),
+            mtime: t(m.mtime(), m.mtime_nsec()),
+            ctime: t(m.ctime(), m.ctime_nsec()),
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: 0o644,
+            nlink: 1,
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    fn eio(&self) -> Errno {
+        self.counters.eio.fetch_add(1, Ordering::Relaxed);
+        Errno::EIO
+    }
+}
+
+fn dir_attr() -> FileAttr {
+    let now = SystemTime::now();
+    FileAttr {
+        ino: INodeNo::ROOT,
+        size: 0,
+        blocks: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+struct FaultyFs {
+    shared: Arc<Shared>,
+}
+
+impl Filesystem for FaultyFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent != INodeNo::ROOT || name != FILE_NAME {
+            reply.error(Errno::ENOENT);
+            return;
+        }
+        match self.shared.file_attr() {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino == INodeNo::ROOT {
+            reply.attr(&TTL, &dir_attr());
+        } else if ino == FILE_INO {
+            match self.shared.file_attr() {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if ino == INodeNo::ROOT {
+            reply.attr(&TTL, &dir_attr());
+            return;
+        }
+        if ino != FILE_INO {
+            reply.error(Errno::ENOENT);
+            return;
+        }
+        // Size changes are metadata: they pass in every mode (mode, owner and times are
+        // accepted and ignored).
+        if let Some(size) = size
+            && let Err(e) = self.shared.backing.set_len(size)
+        {
+            reply.error(errno_of(&e));
+            return;
+        }
+        match self.shared.file_attr() {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino != FILE_INO {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        let flags = if self.shared.direct_io {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), flags);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if ino != FILE_INO {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        if self.shared.verbose {
+            eprintln!("faultyfs: read off={offset} len={size}");
+        }
+        self.shared.submit(
+            "read",
+            Box::new(move |sh: &Shared, d| {
+                if d == Disposition::Fail {
+                    reply.error(sh.eio());
+                    return;
+                }
+                let mut buf = vec![0u8; size as usize];
+                match read_full_at(&sh.backing, &mut buf, offset) {
+                    Ok(n) => {
+                        sh.counters.reads.fetch_add(1, Ordering::Relaxed);
+                        sh.counters
+                            .read_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        reply.data(&buf[..n]);
+                    }
+                    Err(e) => reply.error(errno_of(&e)),
+                }
+            }),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if ino != FILE_INO {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        if self.shared.verbose {
+            eprintln!("faultyfs: write off={offset} len={}", data.len());
+        }
+        // The request buffer is reused by the FUSE loop: a parked write owns a copy.
+        let data = data.to_vec();
+        self.shared.submit(
+            "write",
+            Box::new(move |sh: &Shared, d| {
+                if d == Disposition::Fail {
+                    reply.error(sh.eio());
+                    return;
+                }
+                match sh.backing.write_all_at(&data, offset) {
+                    Ok(()) => {
+                        sh.counters.writes.fetch_add(1, Ordering::Relaxed);
+                        sh.counters
+                            .written_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        reply.written(data.len() as u32);
+                    }
+                    Err(e) => reply.error(errno_of(&e)),
+                }
+            }),
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) must never hang or fail: nothing is buffered here.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        if ino != FILE_INO {
+            reply.ok();
+            return;
+        }
+        self.shared.submit(
+            "fsync",
+            Box::new(move |sh: &Shared, d| {
+                if d == Disposition::Fail {
+                    reply.error(sh.eio());
+                    return;
+                }
+                let res = if datasync {
+                    sh.backing.sync_data()
+                } else {
+                    sh.backing.sync_all()
+                };
+                sh.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                match res {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno_of(&e)),
+                }
+            }),
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if ino != FILE_INO {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        // Discards of the loop device arrive here (punch hole / zero range).
+        self.shared.submit(
+            "fallocate",
+            Box::new(move |sh: &Shared, d| {
+                if d == Disposition::Fail {
+                    reply.error(sh.eio());
+                    return;
+                }
+                // SAFETY: plain syscall on an fd we own.
+                let rc = unsafe {
+                    libc::fallocate(
+                        sh.backing.as_raw_fd(),
+                        mode,
+                        offset as libc::off_t,
+                        length as libc::off_t,
+                    )
+                };
+                if rc == 0 {
+                    reply.ok();
+                } else {
+                    reply.error(errno_of(&std::io::Error::last_os_error()));
+                }
+            }),
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino != INodeNo::ROOT {
+            reply.error(Errno::ENOTDIR);
+            return;
+        }
+        let entries = [
+            (INodeNo::ROOT, FileType::Directory, "."),
+            (INodeNo::ROOT, FileType::Directory, ".."),
+            (FILE_INO, FileType::RegularFile, FILE_NAME),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(*ino, (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let size = self.shared.backing.metadata().map(|m| m.len()).unwrap_or(0);
+        let blocks = size.div_ceil(4096);
+        reply.statfs(blocks, 0, 0, 1, 0, 4096, 255, 4096);
+    }
+}
+
+/// Seconds.milliseconds since the epoch, for log lines that are compared with other logs.
+pub fn timestamp() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+/// How the file is served.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// `FOPEN_DIRECT_IO`: every read and write of the loop driver reaches the server (no FUSE
+    /// page cache serving reads behind its back).
+    pub direct_io: bool,
+    /// Log every request and mode switch on stderr.
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            direct_io: true,
+            verbose: false,
+        }
+    }
+}
+
+/// A mounted fault file: `<mountpoint>/disk.img` backed by `<backing>`, served by FUSE threads
+/// of this process. Dropping it unmounts (lazily when a loop device still holds the file).
+pub struct FaultFile {
+    shared: Arc<Shared>,
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl FaultFile {
+    /// Opens (creates) `backing`, mounts the file system at `mountpoint` (an existing empty
+    /// directory) and serves it from background threads, in `pass` mode.
+    pub fn mount(
+        backing: &Path,
+        mountpoint: &Path,
+        opts: Options,
+    ) -> Result<FaultFile, FaultFileError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(backing)
+            .map_err(|source| FaultFileError::Backing {
+                path: backing.to_path_buf(),
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            backing: file,
+            state: Mutex::new(State {
+                mode: Mode::Pass,
+                parked: VecDeque::new(),
+            }),
+            counters: Counters::default(),
+            direct_io: opts.direct_io,
+            verbose: opts.verbose,
+        });
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("faultyfs".into()),
+            MountOption::Subtype("faultyfs".into()),
+            MountOption::NoSuid,
+            MountOption::NoDev,
+        ];
+        config.acl = SessionACL::All;
+        config.n_threads = Some(2);
+        let mount_err = |source| FaultFileError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        };
+        let session = Session::new(
+            FaultyFs {
+                shared: Arc::clone(&shared),
+            },
+            mountpoint,
+            &config,
+        )
+        .map_err(mount_err)?;
+        let session = session.spawn().map_err(mount_err)?;
+        Ok(FaultFile {
+            shared,
+            session: Some(session),
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    /// The served file (what `losetup` attaches).
+    pub fn image(&self) -> PathBuf {
+        self.mountpoint.join(FILE_NAME)
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The mode switch and counters, shareable with other threads.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    pub fn set_mode(&self, mode: Mode) -> usize {
+        self.shared.set_mode(mode)
+    }
+
+    /// True once the FUSE session has ended (someone unmounted it).
+    pub fn session_ended(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Releases parked requests, unmounts and waits (at most `grace`) for the FUSE threads. A
+    /// file still held (a loop device not yet detached) is unmounted lazily: the connection
+    /// lives on until its last user goes away, and the threads are left to finish then.
+    pub fn unmount(&mut self, grace: Duration) {
+        self.shared.set_mode(Mode::Pass);
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()).is_err() {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(session.join());
+        });
+        if rx.recv_timeout(grace).is_err() {
+            eprintln!(
+                "faultyfs: {} still referenced after {grace:?}; leaving its threads",
+                self.mountpoint.display()
+            );
+        }
+    }
+}
+
+impl Drop for FaultFile {
+    fn drop(&mut self) {
+        self.unmount(Duration::from_secs(10));
+    }
+}
