@@ -81,6 +81,23 @@ EXAMPLES:
     sudo bindsto doctor
     sudo bindsto doctor --json | jq '.checks[] | select(.verdict != \"ok\")'";
 
+pub const GAMEDAY: &str = "\
+Breaks storage on purpose, on scratch storage of its own only: a fault-injecting file served
+over FUSE by this process, a loop device over it and XFS on that, in a new directory under
+--workdir (refused if it is a device, a missing directory or a mount other than tmpfs).
+Scenarios: xfs-shutdown (xfs_io shutdown), disk-errors (the disk fails writes; detected through
+the log-error path without the shutdown tracepoint), disk-stall (I/O parked), mount-hang (a
+mount of the parked disk), recovery (a stall released). Each is injected, the verdict awaited
+from the agent at --addr (or, if none answers, an engine in this process), its latency measured,
+and everything restored and removed, also on Ctrl-C or SIGTERM.
+
+EXIT STATUS:
+    0 every scenario detected, 1 a miss, 2 refused or could not run, 130 interrupted.
+
+EXAMPLES:
+    sudo bindsto gameday
+    sudo bindsto gameday --scenario disk-stall --repeat 5 --json";
+
 pub const CONFIG_DEFAULT: &str = "\
 The output is a complete, commented config file: every key with its default and meaning.
 

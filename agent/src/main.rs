@@ -95,6 +95,7 @@ enum Command {
     /// Chaos experiments on scratch storage created for the purpose (loop devices over a
     /// fault-injecting file): inject, measure detection latency, restore, clean up. Exits 1 on
     /// any miss.
+    #[command(after_long_help = help::GAMEDAY)]
     Gameday {
         /// A scenario (xfs-shutdown, disk-errors, disk-stall, mount-hang, recovery) or `all`.
         #[arg(long, default_value = "all")]
