@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "bindsto development tasks")]
 struct Cli {
@@ -40,6 +42,15 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Boot the fleet kernels under QEMU/TCG and run the guest scenarios (see vm-tests/).
+    VmTest {
+        /// Kernel line: 5.10, 6.1, 6.12 or all (comma-separated list accepted).
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Only this scenario (repeatable); default all.
+        #[arg(long)]
+        scenario: Vec<String>,
+    },
 }
 
 /// Debian packages, per TOOLCHAIN.md: Debian's Rust 1.96 with its library source builds the
@@ -58,6 +69,12 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "util-linux",
     "bpftool",
+    // vm-test: TCG guests, their busybox userland, initramfs, module decompression, dm.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "dmsetup",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -68,6 +85,7 @@ fn main() -> ExitCode {
         Cmd::Build => setup().and_then(|()| build(true)),
         Cmd::Run { args } => run(&args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
+        Cmd::VmTest { kernel, scenario } => setup().and_then(|()| vm::vm_test(&kernel, scenario)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
