@@ -44,6 +44,8 @@ pub struct Outcome {
 /// Kernel messages after which the guest will never finish on its own.
 const FATAL_MARKERS: &[&str] = &[
     "end Kernel panic",
+    "Oops: ",
+    "BUG: kernel NULL pointer dereference",
     "Kernel panic - not syncing",
     "watchdog: BUG: soft lockup",
     "rcu: RCU grace-period kthread stack dump:",
@@ -56,8 +58,12 @@ fn accel() -> String {
 
 pub fn boot(b: &Boot) -> Result<Outcome> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", &accel(), "-m", "1024", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
+    let smp = std::env::var("BINDSTO_VM_SMP").unwrap_or_else(|_| "2".into());
+    cmd.args(["-accel", &accel(), "-m", "1024", "-smp", &smp]);
+    if let Ok(cpu) = std::env::var("BINDSTO_VM_CPU") {
+        cmd.args(["-cpu", &cpu]);
+    }
+    cmd.args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(b.vmlinuz)
         .arg("-initrd")

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_ebpf::{FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RqKey, RqVal, maps};
+use agent_ebpf::{BioDone, FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RqKey, RqVal, maps};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
@@ -54,6 +54,8 @@ pub struct ScanMaps {
     pub rq_inflight: HashMap<MapData, RqKey, RqVal>,
     pub mount_calls: HashMap<MapData, u64, MountCall>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub bio_inflight: HashMap<MapData, RqKey, RqVal>,
+    pub bio_done: HashMap<MapData, u32, BioDone>,
 }
 
 /// The loaded object; kept alive for as long as programs should stay attached. Dropping it
@@ -105,6 +107,8 @@ impl Loaded {
                 rq_inflight: take(&mut ebpf, maps::RQ_INFLIGHT)?,
                 mount_calls: take(&mut ebpf, maps::MOUNT_CALLS)?,
                 stats: take(&mut ebpf, maps::STATS)?,
+                bio_inflight: take(&mut ebpf, maps::BIO_INFLIGHT)?,
+                bio_done: take(&mut ebpf, maps::BIO_DONE)?,
             },
         };
         let offsets_map = take(&mut ebpf, maps::OFFSETS)?;
@@ -174,6 +178,9 @@ impl Loaded {
         } else {
             offsets.flags |= FLAG_ERRORS_FROM_COMPLETE;
         }
+        // dm-mod may load after the agent: its major is looked up again on every pass.
+        offsets.bio_major =
+            super::bio::device_mapper_major(Path::new("/proc/devices")).unwrap_or(0);
         self.offsets_map.set(0, offsets, 0)?;
         self.offsets = offsets;
 

@@ -159,6 +159,29 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         )],
     },
     ProgramSpec {
+        program: "block_bio_queue",
+        tracepoints: &[tp(
+            "block",
+            "block_bio_queue",
+            &[
+                (Field::BioQueueDev, "dev"),
+                (Field::BioQueueSector, "sector"),
+            ],
+        )],
+    },
+    ProgramSpec {
+        program: "block_bio_complete",
+        tracepoints: &[tp(
+            "block",
+            "block_bio_complete",
+            &[
+                (Field::BioCompleteDev, "dev"),
+                (Field::BioCompleteSector, "sector"),
+                (Field::BioCompleteError, "error"),
+            ],
+        )],
+    },
+    ProgramSpec {
         program: "sys_enter_mount",
         tracepoints: &[tp(
             "syscalls",

@@ -353,13 +353,15 @@ impl DmXfs {
         })
     }
 
+    /// The kernel name (dm-N) of the device, as the agent reports it.
     fn dm_name(&self) -> Result<String> {
-        let real = fs::canonicalize("/dev/mapper/ebs")?;
-        Ok(real
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("dm-0")
-            .to_string())
+        for e in fs::read_dir("/sys/block")?.flatten() {
+            let name = fs::read_to_string(e.path().join("dm/name")).unwrap_or_default();
+            if name.trim() == "ebs" {
+                return Ok(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        bail!("no /sys/block/dm-*/dm/name says ebs")
     }
 
     fn start_writer(&mut self) -> Result<()> {
