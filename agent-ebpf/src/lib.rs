@@ -127,6 +127,8 @@ pub enum EventKind {
     XfsInodeCorrupt = 5,
     XfsGroupCorrupt = 6,
     BlockError = 7,
+    /// `xfs_do_force_shutdown` returned (kprobe fallback); the device is unknown.
+    XfsShutdownSomewhere = 8,
 }
 
 impl EventKind {
@@ -139,6 +141,7 @@ impl EventKind {
             5 => Self::XfsInodeCorrupt,
             6 => Self::XfsGroupCorrupt,
             7 => Self::BlockError,
+            8 => Self::XfsShutdownSomewhere,
             _ => return None,
         })
     }

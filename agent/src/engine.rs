@@ -377,6 +377,17 @@ impl Engine {
                     self.raise_mount(&mp, Signal::XfsShutdown, detail.clone(), now);
                 }
             }
+            KernelEvent::XfsShutdownSomewhere { .. } => {
+                // The kprobe fallback knows no device: statx tells which XFS mount it was.
+                warn!("xfs_do_force_shutdown returned; probing every XFS mount");
+                let xfs: Vec<PathBuf> = self
+                    .mounts
+                    .iter()
+                    .filter(|(_, o)| o.entry.fstype == "xfs")
+                    .map(|(mp, _)| mp.clone())
+                    .collect();
+                self.probe_now(xfs);
+            }
             KernelEvent::XfsBufIoError { dev, error, .. } => {
                 debug!(%dev, error = %events::errno_name(*error), "xfs buffer I/O error");
                 self.probe_now(self.mounts_on_fs(*dev));

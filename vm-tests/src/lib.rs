@@ -179,7 +179,25 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
     for (i, (mib, xfs)) in s.disks.iter().enumerate() {
         let p = dir.join(format!("disk{i}.img"));
         make_disk(&p, *mib, *xfs)?;
-        disks.push(p);
+        if s.failing_disk == Some(i) {
+            // QEMU's blkdebug fails reads touching one sector with EIO: a request-level error,
+            // as a failing EBS volume gives, without device-mapper in between.
+            let conf = dir.join(format!("disk{i}.blkdebug"));
+            fs::write(
+                &conf,
+                format!(
+                    "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"{}\"\n",
+                    scenario::FAILING_SECTOR
+                ),
+            )?;
+            disks.push(PathBuf::from(format!(
+                "blkdebug:{}:{}",
+                conf.display(),
+                p.display()
+            )));
+        } else {
+            disks.push(p);
+        }
     }
     let log = dir.join("console.log");
     let mut retried = Vec::new();
@@ -216,8 +234,8 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
             _ => break out,
         }
     };
-    for d in &disks {
-        let _ = fs::remove_file(d);
+    for i in 0..s.disks.len() {
+        let _ = fs::remove_file(dir.join(format!("disk{i}.img")));
     }
     if !keep {
         let _ = fs::remove_file(&initrd);

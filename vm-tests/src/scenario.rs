@@ -41,9 +41,15 @@ pub struct Scenario {
     pub programs: &'static [&'static str],
     /// Virtio disks: (size in MiB, make an XFS filesystem on it on the host).
     pub disks: &'static [(u64, bool)],
+    /// Index of a disk whose reads of sector [`FAILING_SECTOR`] fail with EIO at the request
+    /// level (QEMU's blkdebug driver), for block errors that are not dm errors.
+    pub failing_disk: Option<usize>,
     /// Wall-clock limit for the whole boot, seconds (TCG is slow).
     pub time_limit_s: u64,
 }
+
+/// The sector of `failing_disk` that fails (inside a 320 MiB XFS, in AG 0 data space: mount never reads it).
+pub const FAILING_SECTOR: u64 = 100_000;
 
 const NFS_MODULES: &[&str] = &["nfsv4", "nfs", "sunrpc"];
 const DM_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm_mod", "xfs"];
@@ -54,6 +60,7 @@ pub const SCENARIOS: &[Scenario] = &[
         modules: NFS_MODULES,
         programs: &[],
         disks: &[],
+        failing_disk: None,
         time_limit_s: 240,
     },
     Scenario {
@@ -61,6 +68,7 @@ pub const SCENARIOS: &[Scenario] = &[
         modules: NFS_MODULES,
         programs: &[],
         disks: &[],
+        failing_disk: None,
         time_limit_s: 300,
     },
     Scenario {
@@ -68,6 +76,7 @@ pub const SCENARIOS: &[Scenario] = &[
         modules: DM_MODULES,
         programs: &["/usr/sbin/dmsetup"],
         disks: &[(512, true)],
+        failing_disk: None,
         time_limit_s: 300,
     },
     Scenario {
@@ -75,13 +84,15 @@ pub const SCENARIOS: &[Scenario] = &[
         modules: DM_MODULES,
         programs: &["/usr/sbin/dmsetup"],
         disks: &[(512, true)],
+        failing_disk: None,
         time_limit_s: 300,
     },
     Scenario {
         name: "xfs-shutdown-5.10",
         modules: DM_MODULES,
         programs: &["/usr/sbin/dmsetup", "/usr/sbin/xfs_io"],
-        disks: &[(512, true), (64, false)],
+        disks: &[(512, true), (320, true)],
+        failing_disk: Some(1),
         time_limit_s: 300,
     },
 ];

@@ -4,6 +4,7 @@ mod bio;
 mod block;
 mod mounts;
 mod xfs;
+mod xfs_kprobe;
 
 use agent_ebpf::{
     BIO_MAP_ENTRIES, BioDone, Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets,

@@ -497,23 +497,45 @@ fn xfs_shutdown_510() -> Result<String> {
             "this kernel has xfs_force_shutdown ({tp_state}) / block_rq_error ({err_state}): not a 5.10 layout"
         );
     }
+    let kprobe = state("kprobe:xfs_do_force_shutdown");
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() && kprobe != "attached"
+    {
+        bail!("the kernel has kprobes but kprobe:xfs_do_force_shutdown is {kprobe}");
+    }
+    fs::create_dir_all("/data2")?;
+    sh("mount -t xfs /dev/vdb /data2")?;
     fs::write("/data/x", b"data")?;
     sh("sync")?;
+    let t0 = Instant::now();
     sh("xfs_io -x -c shutdown /data")?;
-    let (shut, _) = wait_for("xfs_shutdown on /data", Duration::from_secs(30), |s| {
+    let (_, reasons) = wait_for("xfs_shutdown on /data", Duration::from_secs(30), |s| {
         mount_target(s, "/data")
             .filter(|t| t["state"] == "failed" && has_reason(t, "xfs_shutdown"))
-            .map(|t| t["reasons"].to_string())
+            .map(|t| t["reasons"][0]["detail"].to_string())
     })?;
-    // Block errors: the second virtio disk fails a read at the request level.
+    let shut = t0.elapsed();
+    // Block errors: /dev/vdb fails this sector at the request level (QEMU blkdebug).
     let t1 = Instant::now();
-    let _ = sh("dd if=/dev/vdb of=/dev/null bs=4096 count=1 iflag=direct");
+    if sh(&format!(
+        "dd if=/dev/vdb of=/dev/null bs=512 skip={} count=1 iflag=direct",
+        bindsto_vm_tests::scenario::FAILING_SECTOR
+    ))
+    .is_ok()
+    {
+        bail!("the blkdebug sector read succeeded: no error injected");
+    }
+    let (_, errs) = wait_for("io_errors on vdb", Duration::from_secs(30), |s| {
+        let t = device_target(s, "vdb")?;
+        has_reason(t, "io_errors").then(|| t["reasons"][0]["detail"].to_string())
+    })?;
+    let errs_at = t1.elapsed();
+    let _ = sh("umount /data2");
     drop(dm);
     drop(agent);
-    let _ = t1;
     Ok(format!(
-        "latency_ms={} (xfs_shutdown, kprobe {})",
+        "latency_ms={} (xfs_shutdown via {}; kprobe:xfs_do_force_shutdown {kprobe}; io_errors on vdb from block_rq_complete after {} ms: {errs})",
         ms(shut),
-        state("kprobe:xfs_do_force_shutdown")
+        reasons,
+        ms(errs_at)
     ))
 }
