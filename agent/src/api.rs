@@ -52,9 +52,23 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The engine's status with the remediation report (incidents, step results) beside it.
+#[derive(serde::Serialize)]
+struct FullStatus<'a> {
+    #[serde(flatten)]
+    status: &'a crate::status::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remediation: Option<&'a crate::remedy::Report>,
+}
+
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let s = shared.status();
-    match serde_json::to_string_pretty(&*s) {
+    let r = shared.remediation();
+    let full = FullStatus {
+        status: &s,
+        remediation: r.as_deref(),
+    };
+    match serde_json::to_string_pretty(&full) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

@@ -17,6 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
+mod remediate;
+use remediate::RawRemediate;
+pub use remediate::{Action, AsgUnhealthy, EcsDrain, Exec, Remediate, StopUnits};
+
 /// The embedded default configuration, printed by `bindsto config default`.
 pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
 
@@ -30,8 +34,7 @@ pub struct Config {
     pub dry_run: bool,
     pub detect: Detect,
     pub watch: Vec<Watch>,
-    /// Kept raw until remediation is implemented.
-    pub remediate: toml::Table,
+    pub remediate: Remediate,
 }
 
 /// `[detect]`: thresholds of the detectors.
@@ -124,7 +127,7 @@ impl Default for Config {
                 critical: true,
                 require_mountpoint: true,
             }],
-            remediate: toml::Table::new(),
+            remediate: Remediate::default(),
         }
     }
 }
@@ -169,7 +172,7 @@ struct RawConfig {
     detect: Option<RawDetect>,
     #[serde(default)]
     watch: Vec<RawWatch>,
-    remediate: Option<toml::Table>,
+    remediate: Option<RawRemediate>,
 }
 
 #[derive(Default, Deserialize)]
@@ -369,7 +372,7 @@ impl RawConfig {
             dry_run: self.dry_run.unwrap_or(defaults.dry_run),
             detect,
             watch,
-            remediate: self.remediate.unwrap_or_default(),
+            remediate: self.remediate.unwrap_or_default().resolve(spans)?,
         })
     }
 }
@@ -680,7 +683,7 @@ mod tests {
         assert_eq!(c.listen, Config::default().listen);
         assert!(c.dry_run);
         assert!(c.watch.is_empty());
-        assert!(c.remediate.is_empty());
+        assert_eq!(c.remediate, Remediate::default());
     }
 
     #[test]
@@ -736,7 +739,7 @@ path = "/data"
                     require_mountpoint: false,
                 },
             ],
-            remediate: toml::Table::new(),
+            remediate: Remediate::default(),
         };
         assert_eq!(c, want);
     }
@@ -759,12 +762,107 @@ path = "/data"
     }
 
     #[test]
-    fn remediate_table_is_kept_raw() {
-        let c = ok(
-            "[remediate]\nhold_down = \"2m\"\nladder = [\"ecs-drain\"]\n\n[remediate.exec]\ncommand = [\"/bin/true\"]\n",
+    fn remediate_section_is_typed() {
+        let c = ok(r#"
+[remediate]
+actions = ["stop-units", "exec", "ecs-drain"]
+hold_down = "2m"
+max_per_hour = 5
+state_dir = "/run/bindsto-test"
+
+[remediate.stop_units]
+units = ["ecs.service", "docker.service"]
+mask_units = true
+
+[remediate.asg_unhealthy]
+imds_url = "http://127.0.0.1:1234/"
+endpoint_url = "http://127.0.0.1:5000"
+region = "eu-west-1"
+fleet_max_unhealthy_percent = 50
+
+[remediate.exec]
+command = ["/bin/cat"]
+timeout = "3s"
+"#);
+        let r = &c.remediate;
+        assert_eq!(
+            r.actions,
+            vec![Action::StopUnits, Action::Exec, Action::EcsDrain]
         );
-        assert_eq!(c.remediate["hold_down"].as_str(), Some("2m"));
-        assert!(c.remediate["exec"].is_table());
+        assert_eq!(r.hold_down, Duration::from_secs(120));
+        assert_eq!(r.max_per_hour, 5);
+        assert_eq!(r.state_dir, PathBuf::from("/run/bindsto-test"));
+        assert!(r.stop_units.mask_units);
+        assert_eq!(r.stop_units.units.len(), 2);
+        assert_eq!(r.asg_unhealthy.imds_url, "http://127.0.0.1:1234");
+        assert_eq!(r.asg_unhealthy.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(r.asg_unhealthy.fleet_max_unhealthy_percent, 50.0);
+        assert_eq!(r.exec.command, vec!["/bin/cat".to_string()]);
+        assert_eq!(r.exec.timeout, Duration::from_secs(3));
+        assert_eq!(r.ecs_drain, Remediate::default().ecs_drain);
+    }
+
+    #[test]
+    fn remediate_errors_name_key_and_line() {
+        let e = err_at(
+            "[remediate]\nactions = [\n  \"ecs-drain\",\n  \"reboot\",\n]\n",
+            4,
+            "remediate.actions",
+        );
+        assert!(e.contains("unknown action \"reboot\""), "{e}");
+        err_at(
+            "[remediate]\nactions = [\"exec\", \"exec\"]\n[remediate.exec]\ncommand = [\"/bin/true\"]\n",
+            2,
+            "remediate.actions",
+        );
+        let e = err_at(
+            "[remediate]\nactions = [\"exec\"]\n",
+            2,
+            "remediate.actions",
+        );
+        assert!(e.contains("needs remediate.exec.command"), "{e}");
+        let e = err_at(
+            "[remediate]\nactions = [\"exec\"]\n[remediate.exec]\ncommand = [\"notify\"]\n",
+            4,
+            "remediate.exec.command",
+        );
+        assert!(e.contains("absolute path"), "{e}");
+        err_at(
+            "[remediate]\nhold_down = \"soon\"\n",
+            2,
+            "remediate.hold_down",
+        );
+        err_at(
+            "[remediate]\nmax_per_hour = 0\n",
+            2,
+            "remediate.max_per_hour",
+        );
+        err_at(
+            "[remediate]\nstate_dir = \"state\"\n",
+            2,
+            "remediate.state_dir",
+        );
+        err_at(
+            "[remediate.asg_unhealthy]\nfleet_max_unhealthy_percent = 101.0\n",
+            2,
+            "remediate.asg_unhealthy.fleet_max_unhealthy_percent",
+        );
+        err_at(
+            "[remediate.asg_unhealthy]\nimds_url = \"169.254.169.254\"\n",
+            2,
+            "remediate.asg_unhealthy.imds_url",
+        );
+        err_at(
+            "[remediate.stop_units]\nunits = [\"ecs\"]\n",
+            2,
+            "remediate.stop_units.units",
+        );
+        err_at("[remediate]\nladder = []\n", 2, "remediate.ladder");
+        err_at(
+            "[remediate.stop_units]\ntimeout = \"0s\"\n",
+            2,
+            "remediate.stop_units.timeout",
+        );
     }
 
     #[test]

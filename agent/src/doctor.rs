@@ -83,6 +83,8 @@ fn cap_eff() -> Option<u64> {
     u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
 }
 
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -110,6 +112,8 @@ pub fn run() -> Report {
             Some("run as root or grant CAP_BPF, CAP_PERFMON (CAP_SYS_ADMIN on kernels < 5.8) through the systemd unit"),
         ));
     }
+
+    checks.extend(capability_checks(&kernel, has));
 
     let tracefs = run::tracefs();
     match &tracefs {
@@ -197,6 +201,56 @@ pub fn run() -> Report {
     Report { kernel, checks }
 }
 
+/// The capabilities the systemd unit grants beyond loading programs, each with why it matters.
+fn capability_checks(kernel: &str, has: impl Fn(u32) -> bool) -> Vec<Check> {
+    const UNIT_FIX: &str = "add it to CapabilityBoundingSet= of bindsto.service (the packaged unit has it), or run as root";
+    let mut out = Vec::new();
+    out.push(if has(CAP_DAC_READ_SEARCH) {
+        check(
+            "capability CAP_DAC_READ_SEARCH",
+            Verdict::Ok,
+            "present",
+            None,
+        )
+    } else {
+        check(
+            "capability CAP_DAC_READ_SEARCH",
+            Verdict::Warn,
+            "missing: mounts whose root is not searchable cannot be probed (statx/statfs)",
+            Some(UNIT_FIX),
+        )
+    });
+    // Before 5.11 BPF maps are charged to RLIMIT_MEMLOCK, which only CAP_SYS_RESOURCE raises.
+    let old = kernel_before(kernel, (5, 11));
+    out.push(match (has(CAP_SYS_RESOURCE), old) {
+        (true, _) => check("capability CAP_SYS_RESOURCE", Verdict::Ok, "present", None),
+        (false, false) => check(
+            "capability CAP_SYS_RESOURCE",
+            Verdict::Ok,
+            "missing, not needed: this kernel charges BPF memory to the cgroup",
+            None,
+        ),
+        (false, true) => check(
+            "capability CAP_SYS_RESOURCE",
+            Verdict::Fail,
+            "missing: kernels before 5.11 need RLIMIT_MEMLOCK raised for the BPF maps",
+            Some(UNIT_FIX),
+        ),
+    });
+    out
+}
+
+/// Whether `release` (e.g. `5.10.228-219.884.amzn2.x86_64`) is older than `than`.
+fn kernel_before(release: &str, than: (u32, u32)) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (it.next(), it.next()) {
+        (Some(major), Some(minor)) => (major, minor) < than,
+        _ => false,
+    }
+}
+
 fn missing_fix(probe: &str) -> &'static str {
     if probe.starts_with("xfs:") {
         "load the xfs module (it attaches automatically when it appears); xfs_force_shutdown needs kernel >= 5.15 — log-error shutdowns are still confirmed by statx"
@@ -206,5 +260,33 @@ fn missing_fix(probe: &str) -> &'static str {
         "a kernel with CONFIG_FTRACE_SYSCALLS=y"
     } else {
         "a kernel that has this tracepoint"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_compare() {
+        assert!(kernel_before("5.10.228-219.884.amzn2.x86_64", (5, 11)));
+        assert!(kernel_before("4.14.355-275.570.amzn2.x86_64", (5, 11)));
+        assert!(!kernel_before("6.1.115-126.197.amzn2023.x86_64", (5, 11)));
+        assert!(!kernel_before("6.18.44-fc", (5, 11)));
+        assert!(!kernel_before("weird", (5, 11)));
+    }
+
+    #[test]
+    fn missing_capabilities_come_with_a_fix() {
+        let none = capability_checks("5.10.1", |_| false);
+        assert!(
+            none.iter()
+                .all(|c| c.verdict != Verdict::Ok && c.fix.is_some())
+        );
+        assert!(none.iter().any(|c| c.verdict == Verdict::Fail));
+        let new_kernel = capability_checks("6.1.0", |_| false);
+        assert!(new_kernel.iter().all(|c| c.verdict != Verdict::Fail));
+        let all = capability_checks("5.10.1", |_| true);
+        assert!(all.iter().all(|c| c.verdict == Verdict::Ok));
     }
 }

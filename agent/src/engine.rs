@@ -33,6 +33,10 @@ const OTHER_NAMES_MAX: usize = 1024;
 /// What the HTTP side reads: the last published status and the metrics registry.
 pub struct Shared {
     status: RwLock<Arc<Status>>,
+    /// The remediation report (`/status` → `remediation`), written by the remedy task.
+    remediation: RwLock<Option<Arc<crate::remedy::Report>>>,
+    /// Bumped on every publish, so the remedy task reacts at once instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
     pub metrics: Metrics,
 }
 
@@ -50,10 +54,33 @@ impl Shared {
             watches: Vec::new(),
             probes: Vec::new(),
             events_lost: 0,
+            config: None,
         };
         Self {
             status: RwLock::new(Arc::new(status)),
+            remediation: RwLock::new(None),
+            changes: tokio::sync::watch::Sender::new(0),
             metrics,
+        }
+    }
+
+    /// Notified after every published status.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn remediation(&self) -> Option<Arc<crate::remedy::Report>> {
+        match self.remediation.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_remediation(&self, report: crate::remedy::Report) {
+        let r = Some(Arc::new(report));
+        match self.remediation.write() {
+            Ok(mut g) => *g = r,
+            Err(poisoned) => *poisoned.into_inner() = r,
         }
     }
 
@@ -70,6 +97,7 @@ impl Shared {
             Ok(mut g) => *g = s,
             Err(poisoned) => *poisoned.into_inner() = s,
         }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -126,6 +154,8 @@ pub struct Engine {
     /// Names of disks outside the observed mounts that reported errors.
     other_names: BTreeMap<DevId, String>,
     events_lost: u64,
+    /// Behind a lock because `publish` takes `&self`.
+    target_series: std::sync::Mutex<crate::target_metrics::TargetSeries>,
 }
 
 impl Engine {
@@ -158,7 +188,18 @@ impl Engine {
             kernel_stats_seen: [0; 4],
             other_names: BTreeMap::new(),
             events_lost: 0,
+            target_series: Default::default(),
         }
+    }
+
+    /// Applies a reloaded config. The caller refreshes the topology next, which re-resolves
+    /// the watches and re-marks critical mounts and devices.
+    pub fn set_config(&mut self, cfg: Arc<Config>) {
+        if self.subsystem.critical != cfg.detect.mount_calls_critical {
+            self.forget_target_metric(Kind::Subsystem, &self.subsystem.id, self.subsystem.critical);
+            self.subsystem.critical = cfg.detect.mount_calls_critical;
+        }
+        self.cfg = cfg;
     }
 
     pub fn set_probes(&mut self, probes: &[ProbeStatus]) {
@@ -899,12 +940,16 @@ impl Engine {
         let healthy = !targets
             .iter()
             .any(|t| t.critical && t.state == State::Failed);
+        if let Ok(mut series) = self.target_series.lock() {
+            series.update(&self.metrics, healthy, &targets);
+        }
         self.shared.publish(Status {
             healthy,
             version: env!("CARGO_PKG_VERSION"),
             started_at: self.started_at,
             updated_at: SystemTime::now(),
             dry_run: self.cfg.dry_run,
+            config: Some(Arc::clone(&self.cfg)),
             targets,
             blocked_mount_calls,
             devices,

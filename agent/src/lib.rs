@@ -3,7 +3,8 @@
 //! Data flow (see DESIGN.md): `probes` load the kernel programs and hand them tracefs field
 //! offsets; `events` decodes what they send; `topology` maps devices to mounts; `scanner`
 //! ages what is in flight; `confirm` probes mounts off-thread; `health` turns signals into
-//! verdicts; `engine` owns them; `api` serves them; `run` wires it all together.
+//! verdicts; `engine` owns them; `remedy` takes the host out of service when critical storage
+//! fails; `api` serves them; `run` wires it all together.
 
 pub mod api;
 pub mod config;
@@ -12,9 +13,16 @@ pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod probes;
+pub mod reload;
+pub mod remedy;
 pub mod run;
 pub mod scanner;
+pub mod sdnotify;
+pub mod service;
 pub mod status;
+pub mod status_table;
+pub mod target_metrics;
 pub mod topology;

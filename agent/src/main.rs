@@ -11,13 +11,20 @@ use bindsto::{
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod help;
+
 /// bindsto: a kernel-level storage watchdog for container hosts.
 ///
 /// It watches XFS shutdowns, block I/O errors and stalls, and mount calls that never return,
 /// through eBPF tracepoints, and reports a health verdict per mount and device over HTTP
 /// (/healthz, /metrics, /status).
 #[derive(Parser, Debug)]
-#[command(name = "bindsto", version, propagate_version = true)]
+#[command(
+    name = "bindsto",
+    version,
+    propagate_version = true,
+    after_long_help = help::MAIN
+)]
 struct Cli {
     /// Log format: human-readable lines (journald-friendly) or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -38,6 +45,12 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the agent: attach the kernel programs and serve /healthz, /metrics and /status.
+    ///
+    /// The agent loads its eBPF programs (XFS shutdown and errors, block request issue and
+    /// completion, mount-family syscalls), watches the mounts and devices named by the config,
+    /// and keeps a health verdict per target. It never blocks on the storage it watches: every
+    /// probe that touches a mount runs on its own thread with a timeout.
+    #[command(after_long_help = help::RUN)]
     Run {
         /// Config file (TOML). Without it the embedded default is used (`bindsto config default`).
         #[arg(long, short)]
@@ -47,7 +60,9 @@ enum Command {
         dry_run: bool,
     },
     /// One-shot verdict: observe for a short while, print it, exit 0 healthy, 1 unhealthy, 2 error.
+    #[command(after_long_help = help::CHECK)]
     Check {
+        /// Config file (TOML). Without it the embedded default is used.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Print the full status as JSON.
@@ -58,6 +73,7 @@ enum Command {
         duration: Duration,
     },
     /// Ask a running agent for its status and print it.
+    #[command(after_long_help = help::STATUS)]
     Status {
         /// Print the raw JSON document.
         #[arg(long)]
@@ -70,11 +86,16 @@ enum Command {
         addr: Option<SocketAddr>,
     },
     /// Check kernel support and privileges: tracepoints found and attached, BTF, capabilities.
+    #[command(after_long_help = help::DOCTOR)]
     Doctor {
+        /// Print the report as JSON (kernel, and per check: requirement, verdict, detail, fix).
         #[arg(long)]
         json: bool,
     },
     /// Configuration helpers.
+    ///
+    /// The config is TOML; every key is optional and unknown keys are errors. A malformed file
+    /// is rejected with its line and key (exit 2).
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -84,6 +105,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Print the embedded default configuration (a commented reference of every key).
+    #[command(after_long_help = help::CONFIG_DEFAULT)]
     Default,
 }
 
@@ -95,7 +117,10 @@ fn init_logging(format: LogFormat, filter: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        // journald adds its own timestamps; plain lines without colour read well there.
+        // journald stamps every line itself: no second timestamp there, and never colour.
+        LogFormat::Human if bindsto::logging::stderr_is_journal() => {
+            builder.with_ansi(false).without_time().init();
+        }
         LogFormat::Human => builder.with_ansi(false).init(),
     }
 }
@@ -130,8 +155,9 @@ async fn shutdown_signal() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            // SIGHUP's default action would kill the watchdog; reload is not supported yet.
-            _ = hup.recv() => tracing::warn!("SIGHUP ignored: restart bindsto to apply a new config"),
+            // The reloader handles SIGHUP; this stream only keeps its default action (exit)
+            // from ever applying, even before the reloader is set up.
+            _ = hup.recv() => {}
         }
     }
 }
@@ -151,12 +177,15 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, dry_run } => {
-            let mut cfg = match load_config(config.as_deref()) {
+            let source = bindsto::reload::ConfigSource::new(config, dry_run);
+            let cfg = match source.load() {
                 Ok(c) => c,
-                Err(code) => return Ok(code),
+                Err(e) => {
+                    eprintln!("bindsto: {e}");
+                    return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+                }
             };
-            cfg.dry_run |= dry_run;
-            runtime()?.block_on(run::run(cfg, shutdown_signal()))?;
+            runtime()?.block_on(run::run_service(cfg, Some(source), shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {

@@ -17,6 +17,14 @@ pub struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub kind: String,
+    pub target: String,
+    pub critical: String,
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabels {
     pub device: String,
 }
@@ -67,6 +75,11 @@ pub struct Metrics {
     pub confirm_probes: Family<OutcomeLabels, Counter>,
     pub scans: Counter,
     pub scan_duration: GaugeF,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub config_last_reload_successful: Gauge,
+    pub healthy: Gauge,
+    pub target_failed: Family<TargetLabels, Gauge>,
+    pub target_reason: Family<ReasonLabels, Gauge>,
 }
 
 impl Metrics {
@@ -89,7 +102,16 @@ impl Metrics {
             confirm_probes: Family::default(),
             scans: Counter::default(),
             scan_duration: GaugeF::default(),
+            config_reloads: Family::default(),
+            config_last_reload_successful: Gauge::default(),
+            healthy: Gauge::default(),
+            target_failed: Family::default(),
+            target_reason: Family::default(),
         };
+        // Healthy until the first verdict says otherwise, as /healthz answers.
+        m.healthy.set(1);
+        // A fresh start loaded its config successfully.
+        m.config_last_reload_successful.set(1);
         r.register(
             "target_healthy",
             "1 when the target (mount, device or subsystem) is healthy, 0 when degraded or failed",
@@ -160,6 +182,31 @@ impl Metrics {
             "scan_duration_seconds",
             "Duration of the last scanner pass",
             m.scan_duration.clone(),
+        );
+        r.register(
+            "healthy",
+            "1 when no critical target is failed (what /healthz answers: 200), 0 otherwise (503)",
+            m.healthy.clone(),
+        );
+        r.register(
+            "target_failed",
+            "1 when the target is failed, 0 when healthy or degraded",
+            m.target_failed.clone(),
+        );
+        r.register(
+            "target_reason",
+            "1 for each active reason (signal) of a target; absent when the reason cleared",
+            m.target_reason.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads on SIGHUP, by outcome (applied, rejected)",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "1 when the last config load (start or SIGHUP) succeeded, 0 when it was rejected",
+            m.config_last_reload_successful.clone(),
         );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info

@@ -25,6 +25,9 @@ use crate::{
     events::KernelEvent,
     metrics::Metrics,
     probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
+    reload::{self, ConfigSource},
+    remedy::Remedy,
+    service::Service,
     topology::Sysfs,
 };
 
@@ -196,13 +199,32 @@ pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    run_service(cfg, None, shutdown).await
+}
+
+/// Like [`run`], as a service: talks to systemd when started by it (READY, WATCHDOG,
+/// STATUS) and, given the config's source, reloads it on SIGHUP.
+pub async fn run_service(
+    cfg: Config,
+    reload: Option<ConfigSource>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
             addr: cfg.listen,
             source,
         })?;
-    drive(cfg, Some(listener), shutdown).await.map(|_| ())
+    drive(
+        cfg,
+        Some(listener),
+        Service::from_env(),
+        reload,
+        shutdown,
+        true,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// One-shot verdict for `bindsto check`: the engine runs for `duration` (no HTTP), then its
@@ -211,16 +233,31 @@ pub async fn check(
     cfg: Config,
     duration: Duration,
 ) -> Result<Arc<crate::status::Status>, RunError> {
-    let shared = drive(cfg, None, tokio::time::sleep(duration)).await?;
+    let shared = drive(
+        cfg,
+        None,
+        Service::default(),
+        None,
+        tokio::time::sleep(duration),
+        false,
+    )
+    .await?;
     Ok(shared.status())
 }
 
 async fn drive(
     cfg: Config,
     listener: Option<TcpListener>,
+    service: Service,
+    reload_from: Option<ConfigSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    remediate: bool,
 ) -> Result<Arc<Shared>, RunError> {
     let cfg = Arc::new(cfg);
+    // The running config: SIGHUP publishes a new one here; components that need the current
+    // config subscribe (`cfg_tx.subscribe()`).
+    let (cfg_tx, mut cfg_rx) = tokio::sync::watch::channel(Arc::clone(&cfg));
+    let cfg_tx: reload::ConfigTx = Arc::new(cfg_tx);
     info!(listen = %cfg.listen, dry_run = cfg.dry_run, "bindsto starting");
     let metrics = Metrics::new();
     let shared = Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run));
@@ -257,7 +294,35 @@ async fn drive(
             let _ = rx.changed().await;
         }
     };
+    // Listening for SIGHUP before the server answers: a reload requested by anyone who saw
+    // the agent up is never lost.
+    let reloader = reload_from.and_then(|source| {
+        reload::spawn_on_sighup(
+            source,
+            Arc::clone(&cfg_tx),
+            Arc::clone(&shared),
+            service.clone(),
+        )
+    });
     let server = listener.map(|l| tokio::spawn(api::serve(l, Arc::clone(&shared), server_stop)));
+    // The ladder runs on its own task: a step waiting on AWS or systemd never delays detection.
+    let remedy = if remediate {
+        match Remedy::open(Arc::clone(&cfg), Arc::clone(&shared)).await {
+            Ok(remedy) => Some(tokio::spawn(remedy.run(
+                shared.subscribe(),
+                cfg_tx.subscribe(),
+                stop_tx.subscribe(),
+            ))),
+            // Detection and /healthz go on without the ladder; /status says why.
+            Err(problem) => {
+                error!(%problem, "remediation unavailable");
+                shared.set_remediation(Remedy::unavailable(&cfg, problem));
+                None
+            }
+        }
+    } else {
+        None
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -269,6 +334,9 @@ async fn drive(
     reattach.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut topo_timer = tokio::time::interval(TOPOLOGY_EVERY);
     info!("bindsto running");
+    // Probes are attached (or reported missing) and the listener is bound: ready.
+    service.ready(&shared.status());
+    let pinger = service.spawn(Arc::clone(&shared), cfg.detect.scan_interval);
     loop {
         tokio::select! {
             guard = ring_readable(&mut ring) => {
@@ -289,7 +357,10 @@ async fn drive(
                     }
                 }
             }
-            _ = scan.tick() => engine.scan(scan_maps.as_mut()),
+            _ = scan.tick() => {
+                engine.scan(scan_maps.as_mut());
+                service.progress().mark();
+            }
             Some(done) = probe_rx.recv() => engine.on_probe(done),
             Some(()) = topo_rx.recv() => {
                 while topo_rx.try_recv().is_ok() {}
@@ -308,11 +379,26 @@ async fn drive(
                     }
                 }
             }
+            Ok(()) = cfg_rx.changed() => {
+                let new = Arc::clone(&cfg_rx.borrow_and_update());
+                if new.detect.scan_interval != scan.period() {
+                    scan = tokio::time::interval(new.detect.scan_interval);
+                    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                engine.set_config(new);
+                engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p));
+            }
             _ = stop_rx.changed() => break,
         }
         engine.publish();
     }
     info!("bindsto stopping");
+    service.stopping();
+    // A ladder step in progress is abandoned; it is recorded as started and resumes after a
+    // restart.
+    for task in [pinger, reloader, remedy].into_iter().flatten() {
+        task.abort();
+    }
     match server {
         None => Ok(shared),
         Some(server) => match server.await {

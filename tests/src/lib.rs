@@ -29,6 +29,7 @@
 //! ```
 
 pub mod agent;
+pub mod aws;
 pub mod faulty;
 pub mod proc;
 pub mod sys;

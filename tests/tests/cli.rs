@@ -282,5 +282,9 @@ fn sighup_does_not_kill_the_agent() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(agent.is_running(), "{}", agent.log());
     assert_eq!(agent.healthz().0, 200);
-    assert!(agent.log().contains("SIGHUP ignored"), "{}", agent.log());
+    assert!(
+        agent.log().contains("SIGHUP: reloading the config"),
+        "{}",
+        agent.log()
+    );
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod vm;
+mod ops;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "bindsto development tasks")]
@@ -51,6 +52,11 @@ enum Cmd {
         #[arg(long)]
         scenario: Vec<String>,
     },
+    /// Build the .deb and .rpm (release binary, unit, default config) into target/packages
+    /// and check them (contents, install into a scratch root).
+    Package,
+    /// `systemd-analyze verify` on packaging/systemd/bindsto.service.
+    VerifyUnit,
 }
 
 /// Debian packages, per TOOLCHAIN.md: Debian's Rust 1.96 with its library source builds the
@@ -75,6 +81,13 @@ const APT_PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "dmsetup",
+    // Operations: systemd-analyze (unit verify), rpm (rpm -qlp on the .rpm), Prometheus and
+    // promtool (scrape test, alert rules), binutils (objdump: the binary's glibc needs).
+    "systemd",
+    "rpm",
+    "prometheus",
+    "binutils",
+    "dpkg-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -86,6 +99,10 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(&args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
         Cmd::VmTest { kernel, scenario } => setup().and_then(|()| vm::vm_test(&kernel, scenario)),
+        Cmd::Package => setup()
+            .and_then(|()| ops::package())
+            .and_then(|p| ops::test_packages(&p)),
+        Cmd::VerifyUnit => setup().and_then(|()| ops::verify_unit()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,6 +198,35 @@ fn setup() -> Result<()> {
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
         )?;
     }
+    for (krate, version, bin) in ops::CARGO_TOOLS {
+        let have = Command::new(cargo_bin_dir().join(bin))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
+        if !have {
+            status(Command::new("cargo").args([
+                "install",
+                "--locked",
+                &format!("{krate}@{version}"),
+            ]))?;
+        }
+    }
+    // The remediation tests run the ladder against a real moto server (and boto3, which comes
+    // with it, to set it up).
+    let have_moto = Command::new("python3")
+        .args(["-c", "import moto.server, boto3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_moto {
+        status(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--root-user-action=ignore",
+            "moto[server]==5.2.1",
+        ]))?;
+    }
     ensure_tracefs();
     eprintln!("xtask: setup complete");
     Ok(())
@@ -237,6 +283,7 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     }
     // Unprivileged unit tests (the default members).
     status(cargo().arg("test"))?;
+    ops::verify_unit()?;
     build(false)?;
     let bin = workspace_root().join("target/debug/bindsto");
     // Privileged tests share kernel state (loop devices, tracepoints): one at a time.

@@ -1,0 +1,434 @@
+//! Incidents and their record on disk.
+//!
+//! One incident spans the time the host has a failed critical target; the ladder runs at most
+//! once per incident. The whole history (bounded) is one JSON file under the state directory,
+//! replaced atomically (write, fsync, rename), so a restarted agent neither repeats a finished
+//! action nor forgets an incident. The state directory is on the root filesystem; writes run on a
+//! blocking thread under a timeout anyway, so a sick root disk cannot stall the ladder.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Action;
+
+/// Incidents kept in the file (the newest).
+const HISTORY_MAX: usize = 50;
+const FILE: &str = "incidents.json";
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Failed, waiting for hold_down.
+    Pending,
+    /// hold_down passed, but max_per_hour ladder runs already happened in the last hour.
+    RateLimited,
+    /// The ladder is running.
+    Running,
+    /// The ladder ran; a step held back by the breaker waits for its retry.
+    Held,
+    /// The ladder ran to its end; the incident stays open until the host recovers.
+    Done,
+    /// Recovered before the ladder ran.
+    Cancelled,
+    /// Recovered after the ladder ran.
+    Resolved,
+}
+
+impl Phase {
+    pub fn open(self) -> bool {
+        !matches!(self, Phase::Cancelled | Phase::Resolved)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Started and not finished: the agent died during it, so it runs again (every action is
+    /// idempotent).
+    Started,
+    Done,
+    Failed,
+    DryRun,
+    HeldByBreaker,
+    Skipped,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Started => "started",
+            Outcome::Done => "done",
+            Outcome::Failed => "failed",
+            Outcome::DryRun => "dry_run",
+            Outcome::HeldByBreaker => "held_by_breaker",
+            Outcome::Skipped => "skipped",
+        }
+    }
+
+    /// Final: the step is not run again in this incident.
+    pub fn settled(self) -> bool {
+        !matches!(self, Outcome::Started | Outcome::HeldByBreaker)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub action: Action,
+    pub outcome: Outcome,
+    pub detail: String,
+    pub attempts: u32,
+    #[serde(with = "rfc3339")]
+    pub started_at: SystemTime,
+    #[serde(with = "rfc3339_opt", default)]
+    pub finished_at: Option<SystemTime>,
+    #[serde(with = "rfc3339_opt", default)]
+    pub retry_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedTarget {
+    pub kind: String,
+    pub id: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub phase: Phase,
+    pub dry_run: bool,
+    #[serde(with = "rfc3339")]
+    pub opened_at: SystemTime,
+    #[serde(with = "rfc3339_opt", default)]
+    pub ladder_started_at: Option<SystemTime>,
+    #[serde(with = "rfc3339_opt", default)]
+    pub closed_at: Option<SystemTime>,
+    pub hostname: String,
+    pub targets: Vec<FailedTarget>,
+    pub steps: Vec<Step>,
+}
+
+impl Incident {
+    pub fn step(&self, action: Action) -> Option<&Step> {
+        self.steps.iter().find(|s| s.action == action)
+    }
+
+    pub fn step_mut(&mut self, action: Action) -> Option<&mut Step> {
+        self.steps.iter_mut().find(|s| s.action == action)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct File {
+    incidents: Vec<Incident>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {}: {source}", .dir.display())]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {} did not finish within {WRITE_TIMEOUT:?}", .path.display())]
+    Timeout { path: PathBuf },
+}
+
+/// The incident history and where it is kept.
+pub struct Store {
+    path: PathBuf,
+    pub incidents: Vec<Incident>,
+}
+
+/// What loading found, for the caller to log.
+#[derive(Debug, PartialEq)]
+pub enum Loaded {
+    Fresh,
+    Read(usize),
+    /// Unreadable or corrupt; moved aside to the given path.
+    MovedAside(PathBuf, String),
+}
+
+impl Store {
+    /// Reads the history; a corrupt or truncated file is moved aside, never fatal.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            dir: dir.into(),
+            source,
+        })?;
+        let path = dir.join(FILE);
+        let (incidents, loaded) = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), Loaded::Fresh),
+            Err(e) => (Vec::new(), move_aside(&path, e.to_string())),
+            Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
+                Ok(f) => {
+                    let n = f.incidents.len();
+                    (f.incidents, Loaded::Read(n))
+                }
+                Err(e) => (Vec::new(), move_aside(&path, e.to_string())),
+            },
+        };
+        Ok((Store { path, incidents }, loaded))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open incident, if any (at most one is open at a time).
+    pub fn open_incident(&mut self) -> Option<&mut Incident> {
+        self.incidents.iter_mut().rev().find(|i| i.phase.open())
+    }
+
+    /// Ladder runs started within the hour before `now`.
+    pub fn runs_within_hour(&self, now: SystemTime) -> usize {
+        self.incidents
+            .iter()
+            .filter_map(|i| i.ladder_started_at)
+            .filter(|t| {
+                now.duration_since(*t)
+                    .map(|d| d < Duration::from_secs(3600))
+                    .unwrap_or(true)
+            })
+            .count()
+    }
+
+    /// When the oldest run of the last hour leaves the window.
+    pub fn next_run_allowed(&self, now: SystemTime, max: usize) -> Option<SystemTime> {
+        let mut recent: Vec<SystemTime> = self
+            .incidents
+            .iter()
+            .filter_map(|i| i.ladder_started_at)
+            .filter(|t| {
+                now.duration_since(*t)
+                    .map(|d| d < Duration::from_secs(3600))
+                    .unwrap_or(true)
+            })
+            .collect();
+        if recent.len() < max {
+            return None;
+        }
+        recent.sort();
+        recent
+            .get(recent.len() - max)
+            .map(|t| *t + Duration::from_secs(3600))
+    }
+
+    /// Writes the history atomically, off the async threads, under a timeout.
+    pub async fn save(&mut self) -> Result<(), StoreError> {
+        if self.incidents.len() > HISTORY_MAX {
+            let drop = self.incidents.len() - HISTORY_MAX;
+            self.incidents.drain(..drop);
+        }
+        let body = serde_json::to_vec_pretty(&File {
+            incidents: self.incidents.clone(),
+        })
+        .map_err(|e| StoreError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let path = self.path.clone();
+        let task = tokio::task::spawn_blocking(move || write_atomic(&path, &body));
+        match tokio::time::timeout(WRITE_TIMEOUT, task).await {
+            Ok(Ok(r)) => r.map_err(|source| StoreError::Write {
+                path: self.path.clone(),
+                source,
+            }),
+            Ok(Err(join)) => Err(StoreError::Write {
+                path: self.path.clone(),
+                source: std::io::Error::other(join),
+            }),
+            Err(_) => Err(StoreError::Timeout {
+                path: self.path.clone(),
+            }),
+        }
+    }
+}
+
+fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn move_aside(path: &Path, why: String) -> Loaded {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let aside = path.with_extension(format!("json.corrupt-{stamp}"));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => Loaded::MovedAside(aside, why),
+        Err(e) => Loaded::MovedAside(path.into(), format!("{why}; moving it aside failed: {e}")),
+    }
+}
+
+/// A JSON cache file next to the incidents (identities read at start).
+pub fn read_cache<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Option<T> {
+    let bytes = std::fs::read(dir.join(name)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn write_cache<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    write_atomic(&dir.join(name), &body)
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        crate::status::rfc3339(t, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<SystemTime, String> {
+        let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| format!("invalid time {text:?}: {e}"))?;
+        let nanos = t.unix_timestamp_nanos();
+        let nanos = u64::try_from(nanos).map_err(|_| format!("time {text:?} before 1970"))?;
+        Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
+    }
+}
+
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => super::rfc3339::parse(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incident(id: &str, started: Option<SystemTime>, phase: Phase) -> Incident {
+        Incident {
+            id: id.into(),
+            phase,
+            dry_run: false,
+            opened_at: SystemTime::now(),
+            ladder_started_at: started,
+            closed_at: None,
+            hostname: "h".into(),
+            targets: vec![FailedTarget {
+                kind: "mount".into(),
+                id: "/x".into(),
+                reasons: vec!["xfs_shutdown".into()],
+            }],
+            steps: vec![Step {
+                action: Action::EcsDrain,
+                outcome: Outcome::Done,
+                detail: "d".into(),
+                attempts: 1,
+                started_at: SystemTime::now(),
+                finished_at: Some(SystemTime::now()),
+                retry_at: None,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded, Loaded::Fresh);
+        s.incidents
+            .push(incident("a", Some(SystemTime::now()), Phase::Done));
+        s.save().await.unwrap();
+        let (s2, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded, Loaded::Read(1));
+        assert_eq!(s2.incidents[0].id, "a");
+        assert_eq!(s2.incidents[0].steps[0].outcome, Outcome::Done);
+        // Times survive at the precision written (RFC 3339 with fractions).
+        let a = s.incidents[0]
+            .opened_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let b = s2.incidents[0]
+            .opened_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert!(a.abs_diff(b) < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"{\"incidents\": [ {\"id\": ").unwrap();
+        let (s, loaded) = Store::open(dir.path()).unwrap();
+        assert!(s.incidents.is_empty());
+        let Loaded::MovedAside(aside, why) = loaded else {
+            panic!("{loaded:?}")
+        };
+        assert!(aside.exists(), "{aside:?}");
+        assert!(!dir.path().join(FILE).exists());
+        assert!(why.contains("EOF"), "{why}");
+    }
+
+    #[test]
+    fn rate_window_counts_the_last_hour() {
+        let now = SystemTime::now();
+        let s = Store {
+            path: PathBuf::new(),
+            incidents: vec![
+                incident(
+                    "old",
+                    Some(now - Duration::from_secs(7200)),
+                    Phase::Resolved,
+                ),
+                incident("a", Some(now - Duration::from_secs(1800)), Phase::Resolved),
+                incident("b", Some(now - Duration::from_secs(600)), Phase::Resolved),
+                incident("never", None, Phase::Cancelled),
+            ],
+        };
+        assert_eq!(s.runs_within_hour(now), 2);
+        assert_eq!(s.next_run_allowed(now, 3), None);
+        assert_eq!(
+            s.next_run_allowed(now, 2),
+            Some(now - Duration::from_secs(1800) + Duration::from_secs(3600))
+        );
+    }
+}
