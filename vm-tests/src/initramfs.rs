@@ -20,6 +20,8 @@ pub struct Contents<'a> {
     pub agent: &'a Path,
     pub modules: &'a [&'a str],
     pub programs: &'a [&'a str],
+    /// Extra files: (host path, path in the image).
+    pub files: &'a [(PathBuf, &'a str)],
 }
 
 /// Shared libraries (and the loader) a dynamically linked program needs, from `ldd`.
@@ -123,6 +125,10 @@ pub fn build(work: &Path, c: &Contents, out: &Path) -> Result<()> {
         // Replace a busybox applet of the same name with the real program.
         let _ = fs::remove_file(root.join(p.strip_prefix("/").unwrap_or(p)));
         copy_program(&root, p, p, &mut libs)?;
+    }
+
+    for (src, dst) in c.files {
+        copy_into(&root, src, Path::new(dst))?;
     }
 
     let kmods = root.join("lib/modules").join(&c.kernel.release);

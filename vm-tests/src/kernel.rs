@@ -26,7 +26,7 @@ pub struct Kernel {
 
 /// The Debian archive URL, taken from the machine's apt sources (only the suite changes): the
 /// project must not hard-code a mirror.
-fn archive_url() -> Result<String> {
+pub fn archive_url() -> Result<String> {
     let mut candidates = Vec::new();
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         for e in dir.flatten() {

@@ -6,6 +6,7 @@
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod rootfs;
 pub mod scenario;
 
 use std::{
@@ -41,6 +42,8 @@ pub struct Options {
     pub scenarios: Vec<String>,
     pub runner: PathBuf,
     pub agent: PathBuf,
+    /// The workspace (for packaging/systemd/bindsto.service).
+    pub workspace: PathBuf,
 }
 
 /// One cell of the table.
@@ -159,6 +162,25 @@ pub fn run(o: &Options) -> Result<Vec<Cell>> {
 fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Result<Cell> {
     let dir = o.work.join(format!("{}-{}", kernel.line, s.name));
     fs::create_dir_all(&dir)?;
+    let mut files = Vec::new();
+    let mut disks = Vec::new();
+    if s.rootfs {
+        let unit = o.workspace.join(scenario::UNIT_FILE);
+        if !unit.exists() {
+            return Ok(Cell {
+                kernel: kernel.line.into(),
+                scenario: s.name.into(),
+                verdict: "NOT RUN".into(),
+                detail: format!("not run: {} is missing (issue 5)", scenario::UNIT_FILE),
+                wall_s: 0.0,
+            });
+        }
+        files.push((unit, "/vmtest/bindsto.service"));
+        let image = rootfs::image(&o.cache)?;
+        let copy = dir.join("rootfs.img");
+        rootfs::copy_for_boot(&image, &copy)?;
+        disks.push(copy);
+    }
     let initrd = dir.join("initrd.cpio");
     initramfs::build(
         &dir,
@@ -168,6 +190,7 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
             agent: &o.agent,
             modules: s.modules,
             programs: s.programs,
+            files: &files,
         },
         &initrd,
     )?;
@@ -175,7 +198,6 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
     if !keep {
         let _ = fs::remove_dir_all(dir.join("root"));
     }
-    let mut disks = Vec::new();
     for (i, (mib, xfs)) in s.disks.iter().enumerate() {
         let p = dir.join(format!("disk{i}.img"));
         make_disk(&p, *mib, *xfs)?;
@@ -237,6 +259,7 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
     for i in 0..s.disks.len() {
         let _ = fs::remove_file(dir.join(format!("disk{i}.img")));
     }
+    let _ = fs::remove_file(dir.join("rootfs.img"));
     if !keep {
         let _ = fs::remove_file(&initrd);
     }

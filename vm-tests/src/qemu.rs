@@ -131,11 +131,16 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
                 let _ = writeln!(log, "{line}");
-                if verbose || line.starts_with(RESULT_PREFIX) || line.starts_with("vmtest:") {
+                if verbose || line.contains(RESULT_PREFIX) || line.contains("vmtest:") {
                     eprintln!("  | {line}");
                 }
-                runner_started |= line.starts_with("vmtest:");
-                if let Some(rest) = line.strip_prefix(RESULT_PREFIX) {
+                runner_started |= line.contains("vmtest:");
+                // Under systemd the runner's lines reach the console through journald, with a
+                // "[ time] vm-guest[pid]: " prefix.
+                if let Some(rest) = line
+                    .find(RESULT_PREFIX)
+                    .map(|i| &line[i + RESULT_PREFIX.len()..])
+                {
                     let mut w = rest.split_whitespace();
                     let scenario = w.next().unwrap_or_default().to_string();
                     let verdict = w.next().unwrap_or_default().to_string();
@@ -145,7 +150,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
                         verdict,
                         detail,
                     });
-                } else if line.trim() == END_LINE {
+                } else if line.trim() == END_LINE || line.ends_with(&format!(": {END_LINE}")) {
                     ended = true;
                 } else if let Some(m) = FATAL_MARKERS.iter().find(|m| line.contains(*m)) {
                     abnormal = Some(format!("guest kernel: {m}"));

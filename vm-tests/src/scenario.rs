@@ -44,6 +44,9 @@ pub struct Scenario {
     /// Index of a disk whose reads of sector [`FAILING_SECTOR`] fail with EIO at the request
     /// level (QEMU's blkdebug driver), for block errors that are not dm errors.
     pub failing_disk: Option<usize>,
+    /// Boot the cached debootstrap root filesystem (systemd, dbus) as /dev/vda: /init
+    /// prepares it and switches root to systemd; the scenario runs as a unit in there.
+    pub rootfs: bool,
     /// Wall-clock limit for the whole boot, seconds (TCG is slow).
     pub time_limit_s: u64,
 }
@@ -61,6 +64,7 @@ pub const SCENARIOS: &[Scenario] = &[
         programs: &[],
         disks: &[],
         failing_disk: None,
+        rootfs: false,
         time_limit_s: 240,
     },
     Scenario {
@@ -69,6 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
         programs: &[],
         disks: &[],
         failing_disk: None,
+        rootfs: false,
         time_limit_s: 300,
     },
     Scenario {
@@ -77,6 +82,7 @@ pub const SCENARIOS: &[Scenario] = &[
         programs: &["/usr/sbin/dmsetup"],
         disks: &[(512, true)],
         failing_disk: None,
+        rootfs: false,
         time_limit_s: 300,
     },
     Scenario {
@@ -85,6 +91,7 @@ pub const SCENARIOS: &[Scenario] = &[
         programs: &["/usr/sbin/dmsetup"],
         disks: &[(512, true)],
         failing_disk: None,
+        rootfs: false,
         time_limit_s: 300,
     },
     Scenario {
@@ -93,9 +100,23 @@ pub const SCENARIOS: &[Scenario] = &[
         programs: &["/usr/sbin/dmsetup", "/usr/sbin/xfs_io"],
         disks: &[(512, true), (320, true)],
         failing_disk: Some(1),
+        rootfs: false,
         time_limit_s: 300,
     },
+    Scenario {
+        name: "systemd-ecs-stop",
+        modules: &["virtio_pci", "virtio_blk", "ext4", "xfs"],
+        programs: &[],
+        // vda is the root filesystem (added by the harness); vdb the watched XFS.
+        disks: &[(320, true)],
+        failing_disk: None,
+        rootfs: true,
+        time_limit_s: 420,
+    },
 ];
+
+/// The project's unit file, installed into the systemd guest as is.
+pub const UNIT_FILE: &str = "packaging/systemd/bindsto.service";
 
 pub fn scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
@@ -117,13 +138,7 @@ pub const RESULT_PREFIX: &str = "VMTEST-RESULT";
 pub const END_LINE: &str = "VMTEST-END";
 
 /// Scenarios of the issue that this harness does not run yet, with the reason the table shows.
-pub const NOT_RUN: &[(&str, &str)] = &[
-    (
-        "nfs-server-gone",
-        "not run: sunrpc task tracking and the in-guest nfsd are not implemented yet",
-    ),
-    (
-        "systemd-ecs-stop",
-        "not run: needs the stop-units ladder (issue 3) and packaging/systemd/bindsto.service (issue 5)",
-    ),
-];
+pub const NOT_RUN: &[(&str, &str)] = &[(
+    "nfs-server-gone",
+    "not run: sunrpc task tracking and the in-guest nfsd are not implemented yet",
+)];

@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-mod vm;
 mod ops;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "bindsto development tasks")]
@@ -75,12 +75,15 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "util-linux",
     "bpftool",
-    // vm-test: TCG guests, their busybox userland, initramfs, module decompression, dm.
+    // vm-test: TCG guests, their busybox userland, initramfs, module decompression, dm, the
+    // systemd guest's root filesystem (debootstrap, mkfs.ext4 -d).
     "qemu-system-x86",
     "busybox-static",
     "cpio",
     "xz-utils",
     "dmsetup",
+    "debootstrap",
+    "e2fsprogs",
     // Operations: systemd-analyze (unit verify), rpm (rpm -qlp on the .rpm), Prometheus and
     // promtool (scrape test, alert rules), binutils (objdump: the binary's glibc needs).
     "systemd",

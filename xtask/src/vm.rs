@@ -30,6 +30,7 @@ pub fn vm_test(kernel: &str, scenarios: Vec<String>) -> Result<()> {
         scenarios,
         runner: root.join("target/debug/vm-guest"),
         agent: root.join("target/debug/bindsto"),
+        workspace: root.clone(),
     })?;
     println!("\n{}", vm::table(&cells));
     println!(

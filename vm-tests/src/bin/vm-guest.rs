@@ -21,6 +21,11 @@ use serde_json::Value;
 const API: &str = "127.0.0.1:9842";
 
 fn main() {
+    // Second stage of systemd-ecs-stop: started by systemd as vmtest.service, not as /init.
+    if std::process::id() != 1 {
+        finish("systemd-ecs-stop", Instant::now(), systemd::inside());
+        return;
+    }
     if let Err(e) = setup() {
         println!("vmtest: setup failed: {e:#}");
     }
@@ -48,8 +53,14 @@ fn main() {
         "ebs-detach" => ebs_detach(),
         "ebs-stall" => ebs_stall(),
         "xfs-shutdown-5.10" => xfs_shutdown_510(),
+        // Only returns on failure: on success it has become systemd.
+        "systemd-ecs-stop" => systemd::switch_root().map(|()| String::new()),
         other => Err(anyhow!("unknown scenario {other:?}")),
     };
+    finish(&scenario, started, r);
+}
+
+fn finish(scenario: &str, started: Instant, r: Result<String>) {
     match r {
         Ok(detail) => println!("{RESULT_PREFIX} {scenario} PASS {detail}"),
         Err(e) => {
@@ -538,4 +549,177 @@ fn xfs_shutdown_510() -> Result<String> {
         reasons,
         ms(errs_at)
     ))
+}
+
+/// systemd-ecs-stop: a debootstrap bookworm root with real systemd and dbus, the project's
+/// own unit, a dummy `ecs.service`, and the agent with `stop-units` (mask) as its ladder.
+mod systemd {
+    use super::*;
+
+    const ECS_UNIT: &str = "[Unit]\nDescription=dummy ECS agent\n\n[Service]\n\
+        ExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
+    const VMTEST_UNIT: &str = "[Unit]\nDescription=vm-tests scenario runner\n\
+        After=bindsto.service ecs.service data.mount\n\n[Service]\nType=simple\n\
+        ExecStart=/usr/local/bin/vm-guest\nStandardOutput=journal+console\n\
+        StandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
+    const CONFIG: &str = "listen = \"127.0.0.1:9842\"\ndry_run = false\n\n[detect]\n\
+        scan_interval = \"250ms\"\n\n[[watch]]\npath = \"/data\"\ncritical = true\n\n\
+        [remediate]\nactions = [\"stop-units\"]\nhold_down = \"0s\"\n\n\
+        [remediate.stop_units]\nunits = [\"ecs.service\"]\nmask_units = true\n";
+
+    /// Stage 1 (PID 1 in the initramfs): install the agent, the units and the config into the
+    /// root filesystem on /dev/vda, then become systemd there.
+    pub fn switch_root() -> Result<()> {
+        let r = "/newroot";
+        fs::create_dir_all(r)?;
+        sh(&format!("mount -t ext4 /dev/vda {r}"))?;
+        let put = |path: &str, text: &str| -> Result<()> {
+            let p = format!("{r}{path}");
+            if let Some(d) = std::path::Path::new(&p).parent() {
+                fs::create_dir_all(d)?;
+            }
+            fs::write(&p, text).with_context(|| p.clone())
+        };
+        fs::copy("/usr/bin/bindsto", format!("{r}/usr/bin/bindsto"))?;
+        fs::create_dir_all(format!("{r}/usr/local/bin"))?;
+        fs::copy("/init", format!("{r}/usr/local/bin/vm-guest"))?;
+        fs::copy(
+            "/vmtest/bindsto.service",
+            format!("{r}/etc/systemd/system/bindsto.service"),
+        )?;
+        // Where ecs-init installs it on the ECS AMIs. In /etc a runtime mask (in /run) would
+        // not take effect: /etc/systemd/system has precedence over /run/systemd/system.
+        put("/usr/lib/systemd/system/ecs.service", ECS_UNIT)?;
+        put("/etc/systemd/system/vmtest.service", VMTEST_UNIT)?;
+        put("/etc/bindsto/config.toml", CONFIG)?;
+        // The minbase root has no udev, so no device units: mount the watched XFS here (it
+        // moves along with the new root) and mask the gettys that wait for a tty device.
+        fs::create_dir_all(format!("{r}/data"))?;
+        sh(&format!("mount -t xfs /dev/vdb {r}/data"))?;
+        for u in ["serial-getty@ttyS0.service", "getty@tty1.service"] {
+            let link = format!("{r}/etc/systemd/system/{u}");
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink("/dev/null", &link)?;
+        }
+        let wants = format!("{r}/etc/systemd/system/multi-user.target.wants");
+        fs::create_dir_all(&wants)?;
+        for (u, dir) in [
+            ("bindsto.service", "/etc/systemd/system"),
+            ("ecs.service", "/usr/lib/systemd/system"),
+            ("vmtest.service", "/etc/systemd/system"),
+        ] {
+            let link = format!("{wants}/{u}");
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(format!("{dir}/{u}"), &link)?;
+        }
+        for m in [
+            "/sys/fs/cgroup",
+            "/sys/fs/bpf",
+            "/sys/kernel/debug",
+            "/sys/kernel/tracing",
+            "/run",
+            "/tmp",
+            "/sys",
+            "/proc",
+        ] {
+            let _ = sh(&format!("umount {m}"));
+        }
+        println!("vmtest: switching root to systemd");
+        let _ = std::io::stdout().flush();
+        use std::os::unix::process::CommandExt;
+        // exec keeps PID 1. /dev stays mounted for switch_root's console.
+        let e = Command::new("/bin/busybox")
+            .args(["switch_root", r, "/lib/systemd/systemd"])
+            .exec();
+        Err(anyhow!("exec switch_root: {e}"))
+    }
+
+    fn systemctl(args: &str) -> String {
+        Command::new("systemctl")
+            .args(args.split_whitespace())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    fn wait_unit(unit: &str, states: &[&str], limit: Duration) -> Result<Duration> {
+        let t = Instant::now();
+        let mut last = String::new();
+        while t.elapsed() < limit {
+            last = systemctl(&format!("is-active {unit}"));
+            if states.contains(&last.as_str()) {
+                return Ok(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "{unit} is {last:?}, not {states:?}, after {}s",
+            limit.as_secs()
+        )
+    }
+
+    fn status_line(unit: &str) -> String {
+        let out = systemctl(&format!("status {unit} --no-pager --lines=0"));
+        out.lines()
+            .filter(|l| {
+                l.trim_start().starts_with("Active:") || l.trim_start().starts_with("Status:")
+            })
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Stage 2 (vmtest.service under systemd).
+    pub fn inside() -> Result<String> {
+        wait_unit("bindsto.service", &["active"], Duration::from_secs(120))?;
+        wait_unit("ecs.service", &["active"], Duration::from_secs(60))?;
+        wait_for("/data healthy in /status", Duration::from_secs(120), |s| {
+            (s["healthy"] == true
+                && mount_target(s, "/data").is_some_and(|t| t["state"] == "healthy"))
+            .then(String::new)
+        })?;
+        let before = status_line("bindsto.service");
+        if !before.contains("active (running)") {
+            bail!("systemctl status bindsto before the fault: {before}");
+        }
+        let t0 = Instant::now();
+        sh("xfs_io -x -c shutdown /data")?;
+        wait_unit(
+            "ecs.service",
+            &["inactive", "failed"],
+            Duration::from_secs(60),
+        )?;
+        let stopped = t0.elapsed();
+        let enabled = systemctl("is-enabled ecs.service");
+        if !enabled.starts_with("masked") {
+            bail!("ecs.service stopped but is-enabled says {enabled:?}, not masked");
+        }
+        // Masked: starting it again (as a docker restart would) must fail, and it stays down.
+        if sh("systemctl start ecs.service").is_ok() {
+            bail!("systemctl start ecs.service succeeded although it is masked");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let state = systemctl("is-active ecs.service");
+        if state == "active" {
+            bail!("ecs.service came back");
+        }
+        let s = status()?;
+        let shut = mount_target(&s, "/data")
+            .is_some_and(|t| t["state"] == "failed" && has_reason(t, "xfs_shutdown"));
+        if !shut || s["healthy"] != false {
+            bail!(
+                "/status does not show /data failed with xfs_shutdown: {}",
+                s["targets"]
+            );
+        }
+        let after = status_line("bindsto.service");
+        if !after.contains("active (running)") {
+            bail!("systemctl status bindsto after the fault: {after}");
+        }
+        Ok(format!(
+            "latency_ms={} (xfs_io shutdown -> ecs.service {state} and {enabled} over D-Bus; \
+             bindsto before: {before}; after: {after})",
+            ms(stopped)
+        ))
+    }
 }
