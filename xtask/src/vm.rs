@@ -37,6 +37,15 @@ pub fn vm_test(kernel: &str, scenarios: Vec<String>) -> Result<()> {
         "vm-test: matrix wall time {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    let not_run: Vec<String> = cells
+        .iter()
+        .filter(|c| c.verdict == "NOT RUN")
+        .map(|c| format!("{} on {}", c.scenario, c.kernel))
+        .collect();
+    if !not_run.is_empty() {
+        // Not a pass: listed so that a missing scenario is never mistaken for a green one.
+        println!("vm-test: NOT RUN (see the table for why): {}", not_run.join(", "));
+    }
     let failed: Vec<String> = cells
         .iter()
         .filter(|c| c.verdict == "FAIL")
