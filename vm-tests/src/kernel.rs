@@ -271,3 +271,48 @@ impl Kernel {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_closure_loads_dependencies_first_and_skips_builtins() {
+        let dir = std::env::temp_dir().join(format!("vmtest-kmods-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("modules.dep"),
+            "kernel/fs/xfs/xfs.ko.xz: kernel/lib/libcrc32c.ko.xz\n\
+             kernel/lib/libcrc32c.ko.xz:\n\
+             kernel/fs/nfs/nfsv4.ko: kernel/fs/nfs/nfs.ko kernel/net/sunrpc/sunrpc.ko\n\
+             kernel/fs/nfs/nfs.ko: kernel/net/sunrpc/sunrpc.ko\n\
+             kernel/net/sunrpc/sunrpc.ko:\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("modules.builtin"),
+            "kernel/drivers/virtio/virtio_pci.ko\n",
+        )
+        .unwrap();
+        let k = Kernel {
+            line: "6.12",
+            release: "test".into(),
+            package: "test".into(),
+            vmlinuz: dir.join("vmlinuz"),
+            modules: dir.clone(),
+        };
+        let c = k.module_closure(&["virtio_pci", "xfs", "nfsv4"]).unwrap();
+        assert_eq!(
+            c,
+            [
+                "kernel/lib/libcrc32c.ko.xz",
+                "kernel/fs/xfs/xfs.ko.xz",
+                "kernel/net/sunrpc/sunrpc.ko",
+                "kernel/fs/nfs/nfs.ko",
+                "kernel/fs/nfs/nfsv4.ko",
+            ]
+        );
+        assert!(k.module_closure(&["no_such_module"]).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -142,3 +142,21 @@ pub const NOT_RUN: &[(&str, &str)] = &[(
     "nfs-server-gone",
     "not run: sunrpc task tracking and the in-guest nfsd are not implemented yet",
 )];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_is_known_once_and_the_5_10_one_only_runs_on_5_10() {
+        let mut names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        names.extend(NOT_RUN.iter().map(|(n, _)| *n));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert!(not_applicable("xfs-shutdown-5.10", "5.10").is_none());
+        assert!(not_applicable("xfs-shutdown-5.10", "6.12").is_some());
+        assert!(not_applicable("ebs-stall", "6.1").is_none());
+    }
+}
