@@ -44,7 +44,10 @@ pub fn vm_test(kernel: &str, scenarios: Vec<String>) -> Result<()> {
         .collect();
     if !not_run.is_empty() {
         // Not a pass: listed so that a missing scenario is never mistaken for a green one.
-        println!("vm-test: NOT RUN (see the table for why): {}", not_run.join(", "));
+        println!(
+            "vm-test: NOT RUN (see the table for why): {}",
+            not_run.join(", ")
+        );
     }
     let failed: Vec<String> = cells
         .iter()
