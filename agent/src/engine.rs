@@ -234,8 +234,17 @@ impl Engine {
         let now = SystemTime::now();
         // Mount point -> (entry, critical). Later entries win: the top of a stack of mounts.
         let mut desired: BTreeMap<PathBuf, (MountEntry, bool)> = BTreeMap::new();
-        for e in &entries {
-            if self.cfg.detect.fstypes.contains(&e.fstype) {
+        let observed = |e: &MountEntry| self.cfg.detect.fstypes.contains(&e.fstype);
+        for e in entries.iter().filter(|e| observed(e)) {
+            // A bind mount of a directory of a filesystem that is observed at its root adds
+            // only a duplicate target (systemd's StateDirectory= under ProtectSystem=strict
+            // makes one of /var/lib/bindsto in the agent's own mount namespace). A watch on
+            // such a path still resolves to it below.
+            let duplicate = e.root != "/"
+                && entries
+                    .iter()
+                    .any(|o| o.dev == e.dev && o.root == "/" && observed(o));
+            if !duplicate {
                 desired.insert(e.mount_point.clone(), (e.clone(), false));
             }
         }
@@ -1067,6 +1076,26 @@ mod tests {
     fn status(f: &Fixture) -> Arc<Status> {
         f.engine.publish();
         f.engine.shared.status()
+    }
+
+    #[test]
+    fn subdirectory_bind_mounts_of_observed_filesystems_are_not_targets() {
+        let mut f = fixture();
+        let with_binds = format!(
+            "{}40 22 254:0 /var/lib/bindsto /var/lib/bindsto rw - ext4 /dev/vda rw\n\
+             41 22 7:1 /sub /mnt/only-bind rw - xfs /dev/loop1 rw\n",
+            mountinfo(30)
+        );
+        f.engine.refresh_topology(&with_binds, &|_| Some(true));
+        let s = status(&f);
+        assert!(
+            !s.targets.iter().any(|t| t.id == "/var/lib/bindsto"),
+            "{:?}",
+            s.targets
+        );
+        // A filesystem seen only through a bind mount is still observed.
+        target(&s, "mount", "/mnt/only-bind");
+        target(&s, "mount", "/");
     }
 
     #[test]

@@ -384,6 +384,7 @@ async fn drive(
                 if new.detect.scan_interval != scan.period() {
                     scan = tokio::time::interval(new.detect.scan_interval);
                     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    service.progress().set_scan_interval(new.detect.scan_interval);
                 }
                 engine.set_config(new);
                 engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p));

@@ -16,11 +16,13 @@ use crate::{
     engine::Shared, health::State, probes::ProbeState, sdnotify::Notifier, status::Status,
 };
 
-/// Marks of progress from the drive loop: the time of the last completed scan tick.
+/// Marks of progress from the drive loop: the time of the last completed scan tick, and the
+/// scan interval in effect (a reload may change it), which bounds how old a mark may be.
 #[derive(Debug)]
 pub struct Progress {
     origin: Instant,
     last_ms: AtomicU64,
+    scan_interval_ms: AtomicU64,
 }
 
 impl Default for Progress {
@@ -28,11 +30,22 @@ impl Default for Progress {
         Progress {
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
+            scan_interval_ms: AtomicU64::new(1000),
         }
     }
 }
 
 impl Progress {
+    /// The scan interval in effect; called at start and after a reload.
+    pub fn set_scan_interval(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.scan_interval_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn scan_interval(&self) -> Duration {
+        Duration::from_millis(self.scan_interval_ms.load(Ordering::Relaxed))
+    }
+
     /// Called by the drive loop after each scan: the loop is alive and the scanner ran.
     pub fn mark(&self) {
         let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -113,7 +126,8 @@ impl Service {
     }
 
     /// Starts the watchdog pinger (when systemd asked for one) and the STATUS updater.
-    /// `scan_interval` bounds how often the drive loop marks progress.
+    /// `scan_interval` bounds how often the drive loop marks progress (see
+    /// [`Progress::set_scan_interval`] for reloads).
     pub fn spawn(
         &self,
         shared: Arc<Shared>,
@@ -121,31 +135,35 @@ impl Service {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let notifier = Arc::clone(self.notifier.as_ref()?);
         let progress = Arc::clone(&self.progress);
+        progress.set_scan_interval(scan_interval);
         let watchdog = notifier.watchdog();
         // Ping three times per watchdog interval, and at least every 5 s for STATUS updates.
         let period = watchdog.map_or(Duration::from_secs(5), |w| {
             (w / 3).min(Duration::from_secs(5))
         });
-        // Progress must be younger than this: two scan periods (a scan can take a while on a
-        // busy host) but never more than the watchdog itself.
-        let stale_after = scan_interval * 2 + period;
         if let Some(w) = watchdog {
             info!(watchdog = ?w, ping_every = ?period, "systemd watchdog enabled");
-            if stale_after >= w {
-                warn!(
-                    watchdog = ?w, scan_interval = ?scan_interval,
-                    "detect.scan_interval is too long for WatchdogSec=; systemd will restart the agent"
-                );
-            }
         }
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_status = String::new();
             let mut warned = false;
+            let mut slow_warned = None;
             loop {
                 tick.tick().await;
-                if watchdog.is_some() {
+                if let Some(w) = watchdog {
+                    // A mark must be younger than two scan periods (a scan can take a while
+                    // on a busy host) plus one ping period.
+                    let scan = progress.scan_interval();
+                    let stale_after = scan * 2 + period;
+                    if stale_after >= w && slow_warned != Some(scan) {
+                        slow_warned = Some(scan);
+                        warn!(
+                            watchdog = ?w, scan_interval = ?scan,
+                            "detect.scan_interval is long for WatchdogSec=: a stuck main loop is noticed only after {stale_after:?}"
+                        );
+                    }
                     let age = progress.age();
                     if age < stale_after {
                         warned = false;
@@ -281,6 +299,18 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(pings(&drain()) >= 2);
+
+        // A reload to a slower scan interval: marks every 900 ms still count as progress.
+        service
+            .progress()
+            .set_scan_interval(Duration::from_millis(900));
+        drain();
+        for _ in 0..3 {
+            service.progress().mark();
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+        let slow = drain();
+        assert!(pings(&slow) >= 6, "{slow:?}");
         task.abort();
     }
 }

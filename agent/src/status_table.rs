@@ -60,6 +60,15 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
+/// RFC 3339 without the fraction of a second: `2026-01-01T00:00:30.123456Z` -> `...:30Z`.
+fn short_time(t: String) -> String {
+    match (t.find('.'), t.rfind(['Z', '+'])) {
+        (Some(dot), Some(end)) if dot < end => format!("{}{}", &t[..dot], &t[end..]),
+        (Some(dot), None) => t[..dot].to_string(),
+        _ => t,
+    }
+}
+
 fn arr<'a>(doc: &'a Value, k: &str) -> &'a [Value] {
     doc.get(k)
         .and_then(Value::as_array)
@@ -97,8 +106,8 @@ pub fn render(doc: &Value) -> String {
     let _ = writeln!(
         out,
         "started {}, updated {}, probes {attached}/{} attached, kernel events lost {}",
-        s(doc, "started_at"),
-        s(doc, "updated_at"),
+        short_time(s(doc, "started_at")),
+        short_time(s(doc, "updated_at")),
         probes.len(),
         s(doc, "events_lost")
     );
@@ -124,7 +133,7 @@ pub fn render(doc: &Value) -> String {
             },
             yes_no(tg, "critical"),
             s(tg, "device"),
-            s(tg, "since"),
+            short_time(s(tg, "since")),
             if reasons.is_empty() {
                 "-".into()
             } else {
@@ -316,6 +325,14 @@ mod tests {
         assert!(text.contains("not applied: no mount contains this path"));
         assert!(text.contains("PROBES NOT ATTACHED (1"));
         assert!(text.contains("nvme1n1"));
+        assert_eq!(
+            short_time("2026-01-01T00:00:30.123456Z".into()),
+            "2026-01-01T00:00:30Z"
+        );
+        assert_eq!(
+            short_time("2026-01-01T00:00:30Z".into()),
+            "2026-01-01T00:00:30Z"
+        );
     }
 
     #[test]

@@ -419,6 +419,32 @@ fn full_filesystem_degrades_the_mount() {
         .unwrap_or_else(|e| panic!("fs_full did not clear: {e}"));
 }
 
+/// The id of the BPF map called `name` that process `pid` holds (from its fds' fdinfo).
+fn agent_map_id(pid: u32, name: &str) -> String {
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).expect("fdinfo") {
+        let Ok(info) = std::fs::read_to_string(entry.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .map(|v| v.trim().to_owned())
+        else {
+            continue;
+        };
+        let out = Command::new("bpftool")
+            .args(["map", "show", "id", &id, "-j"])
+            .output()
+            .expect("bpftool");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v["name"] == name {
+            return id;
+        }
+    }
+    panic!("agent {pid} holds no map {name}");
+}
+
 /// A request entry whose completion was lost (simulated by writing one into the agent's own
 /// map with bpftool) must not become a stall: sysfs says nothing is in flight, so the scanner
 /// drops it.
@@ -441,8 +467,10 @@ fn leaked_map_entry_is_no_phantom_stall() {
     let mut val = start_ns.to_le_bytes().to_vec();
     val.extend(1u32.to_le_bytes());
     val.extend(8u32.to_le_bytes());
+    // By id, not by name: another agent on the host has a map of the same name.
+    let map_id = agent_map_id(agent.pid(), "RQ_INFLIGHT");
     let mut cmd = Command::new("bpftool");
-    cmd.args(["map", "update", "name", "RQ_INFLIGHT", "key", "hex"])
+    cmd.args(["map", "update", "id", &map_id, "key", "hex"])
         .args(hex(&key))
         .args(["value", "hex"])
         .args(hex(&val));
@@ -465,7 +493,7 @@ fn leaked_map_entry_is_no_phantom_stall() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let lookup = Command::new("bpftool")
-        .args(["map", "lookup", "name", "RQ_INFLIGHT", "key", "hex"])
+        .args(["map", "lookup", "id", &map_id, "key", "hex"])
         .args(hex(&key))
         .output()
         .expect("bpftool");

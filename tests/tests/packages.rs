@@ -88,7 +88,7 @@ fn deb_holds_binary_unit_config_and_scripts() {
 }
 
 #[test]
-fn rpm_holds_binary_unit_config_state_dir_and_scripts() {
+fn rpm_holds_binary_unit_config_and_scripts() {
     let rpm = package("BINDSTO_RPM");
     let r = rpm.display();
     let list = sh(&format!("rpm -qlvp {r}"));
@@ -103,13 +103,16 @@ fn rpm_holds_binary_unit_config_state_dir_and_scripts() {
         has(" /usr/lib/systemd/system/bindsto.service", "-rw-r--r--"),
         "{list}"
     );
-    assert!(has(" /var/lib/bindsto", "drwx------"), "{list}");
     let configs = sh(&format!("rpm -qcp {r}"));
     assert_eq!(configs.trim(), "/etc/bindsto/config.toml");
     let scripts = sh(&format!("rpm -qp --scripts {r}"));
     assert!(
         scripts.contains("systemctl enable bindsto.service"),
         "{scripts}"
+    );
+    assert!(
+        scripts.contains("install -d -m 0700 -o root -g root /var/lib/bindsto"),
+        "the state directory: {scripts}"
     );
     assert!(
         scripts.contains("disable --now bindsto.service"),
@@ -124,46 +127,44 @@ fn rpm_holds_binary_unit_config_state_dir_and_scripts() {
         "config must be %config(noreplace): {flags}"
     );
 
+    // rpm2cpio exits 1 on zstd payloads it fully extracted (rpm 4.18), so only cpio's status
+    // counts; the comparisons below catch a short archive.
     let dir = tempfile::tempdir().expect("tempdir");
     let x = dir.path().display();
-    sh(&format!("cd {x} && rpm2cpio {r} | cpio -idm --quiet"));
+    run_cmd(
+        "bash",
+        &["-c", &format!("cd {x} && rpm2cpio {r} | cpio -idm --quiet")],
+        T,
+    )
+    .expect("rpm2cpio | cpio");
     let unit = std::fs::read_to_string(dir.path().join("usr/lib/systemd/system/bindsto.service"))
         .expect("unit");
     assert_eq!(unit, repo_file("packaging/systemd/bindsto.service"));
-    let version = run_cmd(&format!("{x}/usr/bin/bindsto"), &["--version"], T).expect("bindsto");
-    assert!(version.starts_with("bindsto "), "{version}");
+    let config =
+        std::fs::read_to_string(dir.path().join("etc/bindsto/config.toml")).expect("config");
+    assert_eq!(config, repo_file("agent/src/config/default.toml"));
 }
 
-/// `dpkg -i` into an overlay of `/`, chrooted, with the maintainer scripts; then `--purge`.
-#[test]
-fn deb_installs_enables_and_purges_in_a_scratch_root() {
-    let _g = privileged();
-    let deb = package("BINDSTO_DEB");
+/// Runs `body` (bash) in a private mount namespace where `$ROOT` is an overlay of `/` (writes go
+/// to a temp dir), `$PKGFILE` is the package's path there, and `inroot CMD...` runs a
+/// command chrooted there. Returns the output; fails the test if the script fails.
+fn in_scratch_root(pkg: &Path, body: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = r#"
+    let script = format!(
+        r#"
         s=$SCRATCH
         mkdir -p $s/upper $s/work $s/root
         mount -t overlay overlay -o lowerdir=/,upperdir=$s/upper,workdir=$s/work $s/root
         mount --bind /dev $s/root/dev
         mount -t proc proc $s/root/proc
-        mkdir -p $s/root/tmp/pkg && cp "$DEB" $s/root/tmp/pkg/bindsto.deb
-        in() { chroot $s/root "$@"; }
-        in dpkg -i /tmp/pkg/bindsto.deb
-        echo "STATUS $(in dpkg-query -W -f '${Status}' bindsto)"
-        echo "VERSION $(in /usr/bin/bindsto --version)"
-        echo "STATEDIR $(in stat -c '%a %U' /var/lib/bindsto)"
-        echo "ENABLED $(in readlink /etc/systemd/system/multi-user.target.wants/bindsto.service)"
-        echo "CONFFILES $(in dpkg-query -W -f '${Conffiles}' bindsto | tr -s ' \n' ' ')"
-        in bindsto config default >/dev/null
-        in systemd-analyze verify --man=no bindsto.service 2>&1 | sed 's/^/VERIFY /'
-        in dpkg --purge bindsto
-        echo "PURGED $(in dpkg-query -W -f '${Status}' bindsto 2>&1 || true)"
-        for f in /usr/bin/bindsto /etc/bindsto/config.toml /var/lib/bindsto \
-                 /etc/systemd/system/multi-user.target.wants/bindsto.service; do
-            if in test -e $f; then echo "LEFTOVER $f"; fi
-        done
+        mkdir -p $s/root/tmp/pkg && cp "$PKG" $s/root/tmp/pkg/
+        ROOT=$s/root
+        PKGFILE=/tmp/pkg/$(basename "$PKG")
+        inroot() {{ chroot $s/root "$@"; }}
+        {body}
         echo DONE
-    "#;
+        "#
+    );
     let host_db = std::fs::read("/var/lib/dpkg/status").expect("host dpkg status");
     let mut cmd = Command::new("unshare");
     cmd.args([
@@ -174,39 +175,104 @@ fn deb_installs_enables_and_purges_in_a_scratch_root() {
         "-euo",
         "pipefail",
         "-c",
-        script,
+        &script,
     ])
     .env("SCRATCH", dir.path())
-    .env("DEB", &deb);
+    .env("PKG", pkg);
     let out = run_with_timeout(cmd, T).expect("unshare");
     println!("{}", out.output);
     assert!(
-        out.success(),
+        out.success() && out.output.contains("DONE"),
         "install in the scratch root failed:\n{}",
         out.output
     );
-    let line = |key: &str| -> String {
-        out.output
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .unwrap_or_else(|| panic!("no {key} line in:\n{}", out.output))
-            .to_string()
-    };
-    assert_eq!(line("STATUS"), "install ok installed");
-    assert!(line("VERSION").starts_with("bindsto "));
-    assert_eq!(line("STATEDIR"), "700 root");
-    assert!(line("ENABLED").ends_with("/bindsto.service"));
-    assert!(line("CONFFILES").contains("/etc/bindsto/config.toml"));
-    assert!(
-        !out.output.contains("VERIFY "),
-        "systemd-analyze verify of the installed unit complained:\n{}",
-        out.output
-    );
-    assert!(!out.output.contains("LEFTOVER"), "{}", out.output);
-    assert!(out.output.contains("DONE"));
     assert_eq!(
         std::fs::read("/var/lib/dpkg/status").expect("host dpkg status"),
         host_db,
         "the host's dpkg database changed"
     );
+    assert!(
+        !Path::new("/usr/bin/bindsto").exists() || host_has_bindsto(),
+        "the package leaked onto the host"
+    );
+    out.output
+}
+
+fn host_has_bindsto() -> bool {
+    Command::new("dpkg")
+        .args(["-s", "bindsto"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn line(output: &str, key: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key} line in:\n{output}"))
+        .to_string()
+}
+
+/// `dpkg -i` (maintainer scripts included) into the scratch root, then `--purge`.
+#[test]
+fn deb_installs_enables_and_purges_in_a_scratch_root() {
+    let _g = privileged();
+    let out = in_scratch_root(
+        &package("BINDSTO_DEB"),
+        r#"
+        inroot dpkg -i $PKGFILE
+        echo "STATUS $(inroot dpkg-query -W -f '${Status}' bindsto)"
+        echo "VERSION $(inroot /usr/bin/bindsto --version)"
+        echo "STATEDIR $(inroot stat -c '%a %U' /var/lib/bindsto)"
+        echo "ENABLED $(inroot readlink /etc/systemd/system/multi-user.target.wants/bindsto.service)"
+        echo "CONFFILES $(inroot dpkg-query -W -f '${Conffiles}' bindsto | tr -s ' \n' ' ')"
+        inroot bindsto config default >/dev/null
+        inroot systemd-analyze verify --man=no bindsto.service 2>&1 | sed 's/^/VERIFY /'
+        inroot dpkg --purge bindsto
+        for f in /usr/bin/bindsto /etc/bindsto/config.toml /var/lib/bindsto \
+                 /etc/systemd/system/multi-user.target.wants/bindsto.service; do
+            if inroot test -e $f; then echo "LEFTOVER $f"; fi
+        done
+        "#,
+    );
+    assert_eq!(line(&out, "STATUS"), "install ok installed");
+    assert!(line(&out, "VERSION").starts_with("bindsto "));
+    assert_eq!(line(&out, "STATEDIR"), "700 root");
+    assert!(line(&out, "ENABLED").ends_with("/bindsto.service"));
+    assert!(line(&out, "CONFFILES").contains("/etc/bindsto/config.toml"));
+    assert!(
+        !out.contains("VERIFY "),
+        "systemd-analyze verify of the installed unit complained:\n{out}"
+    );
+    assert!(!out.contains("LEFTOVER"), "{out}");
+}
+
+/// `rpm -i` (scriptlets included; `--nodeps` since the scratch root's rpm database knows no
+/// glibc) into the scratch root, then `rpm -e`.
+#[test]
+fn rpm_installs_enables_and_erases_in_a_scratch_root() {
+    let _g = privileged();
+    let out = in_scratch_root(
+        &package("BINDSTO_RPM"),
+        r#"
+        inroot rpm --initdb
+        inroot rpm -i --nodeps $PKGFILE 2>&1 | grep -v 'use Alien\|know what you are doing' || true
+        echo "QUERY $(inroot rpm -q bindsto)"
+        echo "VERSION $(inroot /usr/bin/bindsto --version)"
+        echo "STATEDIR $(inroot stat -c '%a %U' /var/lib/bindsto)"
+        echo "ENABLED $(inroot readlink /etc/systemd/system/multi-user.target.wants/bindsto.service)"
+        inroot rpm -e --nodeps bindsto 2>&1 | grep -v 'use Alien\|know what you are doing' || true
+        for f in /usr/bin/bindsto /usr/lib/systemd/system/bindsto.service \
+                 /etc/systemd/system/multi-user.target.wants/bindsto.service; do
+            if inroot test -e $f; then echo "LEFTOVER $f"; fi
+        done
+        echo "AFTER $(inroot rpm -q bindsto || true)"
+        "#,
+    );
+    assert_eq!(line(&out, "QUERY"), "bindsto-0.1.0-1.x86_64");
+    assert!(line(&out, "VERSION").starts_with("bindsto "));
+    assert_eq!(line(&out, "STATEDIR"), "700 root");
+    assert!(line(&out, "ENABLED").ends_with("/bindsto.service"));
+    assert!(!out.contains("LEFTOVER"), "{out}");
+    assert!(line(&out, "AFTER").contains("not installed"), "{out}");
 }

@@ -59,6 +59,22 @@ pub fn verify_unit() -> Result<()> {
         "systemd-analyze verify {UNIT} ({}):\n{msg}",
         out.status
     );
+    // The hardening must not regress: systemd's own exposure score (0 best, 10 worst).
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager", "--threshold=40"])
+        .arg(&copy)
+        .output()
+        .context("running systemd-analyze security")?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    let overall = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("no exposure level reported");
+    eprintln!("xtask: {}", overall.trim_start_matches(['→', ' ']));
+    ensure!(
+        out.status.success(),
+        "{UNIT}: exposure above 4.0 ({overall}):\n{report}"
+    );
     Ok(())
 }
 
@@ -84,10 +100,14 @@ pub fn package() -> Result<Packages> {
             .args(["deb", "--package", "bindsto", "--no-build", "--output"])
             .arg(&out),
     )?;
-    // generate-rpm reads paths relative to the package's directory.
+    // generate-rpm resolves asset paths against the current directory (the crate's, where
+    // Cargo.toml's paths are relative to), `target/release/` against --target-dir.
     status(
         cargo()
-            .args(["generate-rpm", "--package", "agent", "--output"])
+            .current_dir(root.join("agent"))
+            .args(["generate-rpm", "--target-dir"])
+            .arg(root.join("target"))
+            .arg("--output")
             .arg(&out),
     )?;
     let find = |ext: &str| -> Result<PathBuf> {
