@@ -61,10 +61,15 @@ pub enum Field {
     MoveMountToPathname,
     OpenTreeFilename,
     MountSetattrPath,
+    BioQueueDev,
+    BioQueueSector,
+    BioCompleteDev,
+    BioCompleteSector,
+    BioCompleteError,
 }
 
 /// Number of [`Field`] variants.
-pub const FIELD_COUNT: usize = Field::MountSetattrPath as usize + 1;
+pub const FIELD_COUNT: usize = Field::BioCompleteError as usize + 1;
 
 /// Offsets of every [`Field`] plus behaviour flags; one entry in the `OFFSETS` array map.
 #[repr(C)]
@@ -72,6 +77,10 @@ pub const FIELD_COUNT: usize = Field::MountSetattrPath as usize + 1;
 pub struct Offsets {
     pub off: [u16; FIELD_COUNT],
     pub flags: u32,
+    /// Major number of device-mapper (from /proc/devices, 0 while dm is not loaded): bios of
+    /// these devices are tracked from `block_bio_queue` to `block_bio_complete`, because a
+    /// suspended or bio-based dm device queues them before any request or sysfs counter exists.
+    pub bio_major: u32,
 }
 
 impl Offsets {
@@ -79,6 +88,7 @@ impl Offsets {
         Self {
             off: [0; FIELD_COUNT],
             flags: 0,
+            bio_major: 0,
         }
     }
 
@@ -117,6 +127,8 @@ pub enum EventKind {
     XfsInodeCorrupt = 5,
     XfsGroupCorrupt = 6,
     BlockError = 7,
+    /// `xfs_do_force_shutdown` returned (kprobe fallback); the device is unknown.
+    XfsShutdownSomewhere = 8,
 }
 
 impl EventKind {
@@ -129,6 +141,7 @@ impl EventKind {
             5 => Self::XfsInodeCorrupt,
             6 => Self::XfsGroupCorrupt,
             7 => Self::BlockError,
+            8 => Self::XfsShutdownSomewhere,
             _ => return None,
         })
     }
@@ -170,6 +183,19 @@ pub struct RqVal {
     pub count: u32,
     pub nr_sector: u32,
 }
+
+/// Completions of tracked bios on one device (`BIO_DONE`, keyed by kernel `dev_t`): progress
+/// for the bio-level stall check.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BioDone {
+    /// `bpf_ktime_get_ns` of the last completion.
+    pub last_ns: u64,
+    pub completed: u64,
+}
+
+/// Capacity of the in-flight bio map (tracked devices only).
+pub const BIO_MAP_ENTRIES: u32 = 16_384;
 
 /// Mount-family syscalls tracked while in flight.
 #[repr(u32)]
@@ -252,6 +278,8 @@ pub enum Stat {
     RqMapFull = 1,
     /// Mount call map full: a call is not tracked.
     MountMapFull = 2,
+    /// Bio map full: a bio of a tracked (dm) device is not tracked.
+    BioMapFull = 3,
 }
 
 pub const STAT_COUNT: u32 = 4;
@@ -263,6 +291,8 @@ pub mod maps {
     pub const RQ_INFLIGHT: &str = "RQ_INFLIGHT";
     pub const MOUNT_CALLS: &str = "MOUNT_CALLS";
     pub const STATS: &str = "STATS";
+    pub const BIO_INFLIGHT: &str = "BIO_INFLIGHT";
+    pub const BIO_DONE: &str = "BIO_DONE";
 }
 
 #[cfg(feature = "user")]
@@ -276,4 +306,5 @@ mod user {
     unsafe impl aya::Pod for RqKey {}
     unsafe impl aya::Pod for RqVal {}
     unsafe impl aya::Pod for MountCall {}
+    unsafe impl aya::Pod for BioDone {}
 }

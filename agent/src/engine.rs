@@ -150,7 +150,7 @@ pub struct Engine {
     blocked: Vec<InflightCall>,
     probes: Vec<ProbeStatus>,
     probe_tx: mpsc::UnboundedSender<ProbeDone>,
-    kernel_stats_seen: [u64; 3],
+    kernel_stats_seen: [u64; 4],
     /// Names of disks outside the observed mounts that reported errors.
     other_names: BTreeMap<DevId, String>,
     events_lost: u64,
@@ -185,7 +185,7 @@ impl Engine {
             blocked: Vec::new(),
             probes: Vec::new(),
             probe_tx,
-            kernel_stats_seen: [0; 3],
+            kernel_stats_seen: [0; 4],
             other_names: BTreeMap::new(),
             events_lost: 0,
             target_series: Default::default(),
@@ -427,6 +427,17 @@ impl Engine {
                     self.raise_mount(&mp, Signal::XfsShutdown, detail.clone(), now);
                 }
             }
+            KernelEvent::XfsShutdownSomewhere { .. } => {
+                // The kprobe fallback knows no device: statx tells which XFS mount it was.
+                warn!("xfs_do_force_shutdown returned; probing every XFS mount");
+                let xfs: Vec<PathBuf> = self
+                    .mounts
+                    .iter()
+                    .filter(|(_, o)| o.entry.fstype == "xfs")
+                    .map(|(mp, _)| mp.clone())
+                    .collect();
+                self.probe_now(xfs);
+            }
             KernelEvent::XfsBufIoError { dev, error, .. } => {
                 debug!(%dev, error = %events::errno_name(*error), "xfs buffer I/O error");
                 self.probe_now(self.mounts_on_fs(*dev));
@@ -617,6 +628,19 @@ impl Engine {
         let started = Instant::now();
         let now = SystemTime::now();
         let cfg = Arc::clone(&self.cfg);
+        let now_ns = scanner::monotonic_ns();
+        // Bios of dm devices (a suspended dm device queues them before any request exists).
+        let mut maps = maps;
+        let bios = match maps.as_deref_mut() {
+            Some(m) => Some(crate::probes::bio::scan(
+                &mut m.bio_inflight,
+                &m.bio_done,
+                now_ns,
+                cfg.detect.io_stall_after,
+            )),
+            None => None,
+        }
+        .unwrap_or_default();
         let (mut rq, calls, stats) = match maps {
             Some(m) => (
                 Some(&mut m.rq_inflight),
@@ -627,7 +651,6 @@ impl Engine {
         };
 
         // Block devices.
-        let now_ns = scanner::monotonic_ns();
         let by_dev = rq
             .as_deref()
             .map(scanner::block_inflight)
@@ -671,13 +694,30 @@ impl Engine {
             } else {
                 map_age.unwrap_or(no_progress)
             };
-            d.stalled = inflight > 0 && stall_age >= cfg.detect.io_stall_after;
+            let rq_stalled = inflight > 0 && stall_age >= cfg.detect.io_stall_after;
+            let bio = bios.get(&d.dev).copied().unwrap_or_default();
+            let bio_stalled = bio
+                .stalled_for
+                .is_some_and(|a| a >= cfg.detect.io_stall_after);
+            if let Some(o) = bio.oldest {
+                d.oldest_inflight = d.oldest_inflight.max(o);
+            }
+            d.inflight = inflight.max(bio.bios);
+            d.stalled = rq_stalled || bio_stalled;
             let detail = || {
-                format!(
-                    "{inflight} request(s) in flight, none completed for {:.1}s (oldest {:.1}s)",
-                    no_progress.as_secs_f64(),
-                    d.oldest_inflight.as_secs_f64()
-                )
+                if rq_stalled {
+                    format!(
+                        "{inflight} request(s) in flight, none completed for {:.1}s (oldest {:.1}s)",
+                        no_progress.as_secs_f64(),
+                        d.oldest_inflight.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "{} bio(s) queued, none completed for {:.1}s (device-mapper queueing, e.g. suspended)",
+                        bio.bios,
+                        bio.stalled_for.unwrap_or_default().as_secs_f64()
+                    )
+                }
             };
             let mut ts = Vec::new();
             ts.extend(d.target.set(Signal::IoStall, d.stalled, detail, now));
@@ -814,7 +854,12 @@ impl Engine {
     }
 
     fn read_kernel_stats(&mut self, stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>) {
-        let idx = [Stat::EventsLost, Stat::RqMapFull, Stat::MountMapFull];
+        let idx = [
+            Stat::EventsLost,
+            Stat::RqMapFull,
+            Stat::MountMapFull,
+            Stat::BioMapFull,
+        ];
         for (i, stat) in idx.iter().enumerate() {
             let Ok(values) = stats.get(&(*stat as u32), 0) else {
                 continue;
@@ -831,11 +876,11 @@ impl Engine {
                     self.metrics.events_lost.inc_by(delta);
                     warn!(lost = delta, "kernel events lost: ring buffer full");
                 }
-                Stat::RqMapFull | Stat::MountMapFull => {
-                    let map = if *stat == Stat::RqMapFull {
-                        "rq_inflight"
-                    } else {
-                        "mount_calls"
+                Stat::RqMapFull | Stat::MountMapFull | Stat::BioMapFull => {
+                    let map = match stat {
+                        Stat::RqMapFull => "rq_inflight",
+                        Stat::BioMapFull => "bio_inflight",
+                        _ => "mount_calls",
                     };
                     self.metrics
                         .map_full

@@ -25,6 +25,9 @@ pub enum KernelEvent {
         flags: u32,
         ts_ns: u64,
     },
+    /// `xfs_do_force_shutdown` returned (kprobe fallback on kernels without the tracepoint);
+    /// which filesystem is not known.
+    XfsShutdownSomewhere { ts_ns: u64 },
     /// A block request failed on the whole disk `dev`.
     BlockError {
         dev: DevId,
@@ -95,6 +98,7 @@ impl KernelEvent {
                 flags: e.flags,
                 ts_ns,
             },
+            EventKind::XfsShutdownSomewhere => Self::XfsShutdownSomewhere { ts_ns },
             EventKind::BlockError => Self::BlockError {
                 dev,
                 error: e.code,
@@ -111,6 +115,7 @@ impl KernelEvent {
             | Self::XfsAilAbort { dev, .. }
             | Self::XfsCorrupt { dev, .. }
             | Self::BlockError { dev, .. } => *dev,
+            Self::XfsShutdownSomewhere { .. } => DevId::from_kernel(0),
         }
     }
 }

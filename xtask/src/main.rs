@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod ops;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "bindsto development tasks")]
@@ -45,6 +46,15 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Boot the fleet kernels under QEMU/TCG and run the guest scenarios (see vm-tests/).
+    VmTest {
+        /// Kernel line: 5.10, 6.1, 6.12 or all (comma-separated list accepted).
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Only this scenario (repeatable); default all.
+        #[arg(long)]
+        scenario: Vec<String>,
+    },
     /// Build the .deb and .rpm (release binary, unit, default config) into target/packages
     /// and check them (contents, install into a scratch root).
     Package,
@@ -68,6 +78,15 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "util-linux",
     "bpftool",
+    // vm-test: TCG guests, their busybox userland, initramfs, module decompression, dm, the
+    // systemd guest's root filesystem (debootstrap, mkfs.ext4 -d).
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "dmsetup",
+    "debootstrap",
+    "e2fsprogs",
     // Operations: systemd-analyze (unit verify), rpm (rpm -qlp on the .rpm), Prometheus and
     // promtool (scrape test, alert rules), binutils (objdump: the binary's glibc needs).
     "systemd",
@@ -86,6 +105,7 @@ fn main() -> ExitCode {
         Cmd::Build => setup().and_then(|()| build(true)),
         Cmd::Run { args } => run(&args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
+        Cmd::VmTest { kernel, scenario } => setup().and_then(|()| vm::vm_test(&kernel, scenario)),
         Cmd::Package => setup()
             .and_then(|()| ops::package())
             .and_then(|p| ops::test_packages(&p)),

@@ -1,12 +1,14 @@
 //! Maps shared by all programs and the helpers they use to read them.
 
+mod bio;
 mod block;
 mod mounts;
 mod xfs;
+mod xfs_kprobe;
 
 use agent_ebpf::{
-    Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets, RINGBUF_BYTES, RQ_MAP_ENTRIES, RqKey,
-    RqVal, STAT_COUNT, Stat,
+    BIO_MAP_ENTRIES, BioDone, Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets,
+    RINGBUF_BYTES, RQ_MAP_ENTRIES, RqKey, RqVal, STAT_COUNT, Stat,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -26,6 +28,14 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 /// request we are looking for.
 #[map(name = "RQ_INFLIGHT")]
 static RQ_INFLIGHT: HashMap<RqKey, RqVal> = HashMap::with_max_entries(RQ_MAP_ENTRIES, 0);
+
+/// Bios of tracked (device-mapper) devices in flight; see `bio.rs`.
+#[map(name = "BIO_INFLIGHT")]
+static BIO_INFLIGHT: HashMap<RqKey, RqVal> = HashMap::with_max_entries(BIO_MAP_ENTRIES, 0);
+
+/// Bio completions per tracked device (progress for the bio-level stall check).
+#[map(name = "BIO_DONE")]
+static BIO_DONE: HashMap<u32, BioDone> = HashMap::with_max_entries(1024, 0);
 
 /// Mount-family syscalls in flight, keyed by pid_tgid.
 #[map(name = "MOUNT_CALLS")]

@@ -7,18 +7,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_ebpf::{FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RqKey, RqVal, maps};
+use agent_ebpf::{BioDone, FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RqKey, RqVal, maps};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{KProbe, TracePoint},
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::{
     ProbeError, format,
-    spec::{PROGRAMS, ProgramSpec, Tracepoint},
+    spec::{KPROBES, KprobeSpec, PROGRAMS, ProgramSpec, Tracepoint},
 };
 
 /// The kernel object built by `build.rs` from `agent-ebpf`.
@@ -54,6 +54,8 @@ pub struct ScanMaps {
     pub rq_inflight: HashMap<MapData, RqKey, RqVal>,
     pub mount_calls: HashMap<MapData, u64, MountCall>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub bio_inflight: HashMap<MapData, RqKey, RqVal>,
+    pub bio_done: HashMap<MapData, u32, BioDone>,
 }
 
 /// The loaded object; kept alive for as long as programs should stay attached. Dropping it
@@ -105,6 +107,8 @@ impl Loaded {
                 rq_inflight: take(&mut ebpf, maps::RQ_INFLIGHT)?,
                 mount_calls: take(&mut ebpf, maps::MOUNT_CALLS)?,
                 stats: take(&mut ebpf, maps::STATS)?,
+                bio_inflight: take(&mut ebpf, maps::BIO_INFLIGHT)?,
+                bio_done: take(&mut ebpf, maps::BIO_DONE)?,
             },
         };
         let offsets_map = take(&mut ebpf, maps::OFFSETS)?;
@@ -174,6 +178,9 @@ impl Loaded {
         } else {
             offsets.flags |= FLAG_ERRORS_FROM_COMPLETE;
         }
+        // dm-mod may load after the agent: its major is looked up again on every pass.
+        offsets.bio_major =
+            super::bio::device_mapper_major(Path::new("/proc/devices")).unwrap_or(0);
         self.offsets_map.set(0, offsets, 0)?;
         self.offsets = offsets;
 
@@ -202,17 +209,113 @@ impl Loaded {
                 }
             }
         }
+        changed |= self.attach_kprobes(&previous, &mut status);
         for s in &status {
             let was_reported = self
                 .status
                 .iter()
                 .any(|old| old.probe == s.probe && old.state == s.state);
             if s.state == ProbeState::Missing && !was_reported {
-                warn!(probe = %s.probe, "tracepoint missing on this kernel; skipped");
+                if s.probe.starts_with("kprobe:") {
+                    warn!(probe = %s.probe, detail = %s.detail, "kprobe fallback unavailable; skipped");
+                } else {
+                    warn!(probe = %s.probe, "tracepoint missing on this kernel; skipped");
+                }
             }
         }
         self.status = status;
         Ok(changed)
+    }
+
+    /// Attaches the kprobe fallbacks whose tracepoint is missing. Not listed at all where the
+    /// tracepoint is attached (nothing is missing there).
+    fn attach_kprobes(
+        &mut self,
+        previous: &HashSet<String>,
+        status: &mut Vec<ProbeStatus>,
+    ) -> bool {
+        let mut changed = false;
+        for k in KPROBES {
+            let probe = k.probe_name();
+            let push = |status: &mut Vec<ProbeStatus>, state, detail: String| {
+                status.push(ProbeStatus {
+                    probe: probe.clone(),
+                    program: k.program,
+                    state,
+                    detail,
+                })
+            };
+            if previous.contains(&probe) {
+                push(status, ProbeState::Attached, String::new());
+                continue;
+            }
+            let replaced = status
+                .iter()
+                .any(|s| s.probe == k.instead_of && s.state == ProbeState::Attached);
+            if replaced {
+                continue;
+            }
+            if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+                push(
+                    status,
+                    ProbeState::Missing,
+                    format!("replaces {}; this kernel has no kprobes", k.instead_of),
+                );
+                continue;
+            }
+            if !self.kernel_has_function(k.function) {
+                push(
+                    status,
+                    ProbeState::Missing,
+                    format!(
+                        "replaces {}; {} not in the kernel (module not loaded?)",
+                        k.instead_of, k.function
+                    ),
+                );
+                continue;
+            }
+            match self.attach_kprobe(k) {
+                Ok(()) => {
+                    info!(probe, "attached kprobe fallback");
+                    changed = true;
+                    push(
+                        status,
+                        ProbeState::Attached,
+                        format!("replaces {}", k.instead_of),
+                    );
+                }
+                Err(e) => {
+                    warn!(probe, error = %e, "could not attach kprobe; continuing without it");
+                    push(status, ProbeState::Failed, e.to_string());
+                }
+            }
+        }
+        changed
+    }
+
+    /// Whether a function can be probed: listed in tracefs' available_filter_functions
+    /// (module functions appear once the module is loaded).
+    fn kernel_has_function(&self, function: &str) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.tracefs.join("available_filter_functions"))
+        else {
+            return false;
+        };
+        text.lines()
+            .any(|l| l.split_whitespace().next() == Some(function))
+    }
+
+    fn attach_kprobe(&mut self, k: &KprobeSpec) -> Result<(), ProbeError> {
+        let prog: &mut KProbe = self
+            .ebpf
+            .program_mut(k.program)
+            .ok_or(ProbeError::MissingProgram(k.program))?
+            .try_into()?;
+        if !self.loaded_programs.contains(k.program) {
+            prog.load()?;
+            self.loaded_programs.insert(k.program);
+        }
+        prog.attach(k.function, 0)?;
+        Ok(())
     }
 
     /// Reads the tracepoint's format (or its fallback's) and records the field offsets.

@@ -1,5 +1,6 @@
 //! Loading and attaching the kernel programs, and the tracefs layouts they depend on.
 
+pub mod bio;
 pub mod format;
 pub mod loader;
 pub mod spec;

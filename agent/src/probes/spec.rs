@@ -159,6 +159,29 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         )],
     },
     ProgramSpec {
+        program: "block_bio_queue",
+        tracepoints: &[tp(
+            "block",
+            "block_bio_queue",
+            &[
+                (Field::BioQueueDev, "dev"),
+                (Field::BioQueueSector, "sector"),
+            ],
+        )],
+    },
+    ProgramSpec {
+        program: "block_bio_complete",
+        tracepoints: &[tp(
+            "block",
+            "block_bio_complete",
+            &[
+                (Field::BioCompleteDev, "dev"),
+                (Field::BioCompleteSector, "sector"),
+                (Field::BioCompleteError, "error"),
+            ],
+        )],
+    },
+    ProgramSpec {
         program: "sys_enter_mount",
         tracepoints: &[tp(
             "syscalls",
@@ -236,6 +259,31 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         ],
     },
 ];
+
+/// An optional kprobe that stands in for a tracepoint the kernel lacks. Attached only where
+/// the tracepoint is missing and the kernel has kprobes (Amazon Linux kernels do; the
+/// development machines' 6.18 does not, and there it is reported missing, nothing more).
+#[derive(Debug)]
+pub struct KprobeSpec {
+    /// The kretprobe program's function name in `agent-ebpf`.
+    pub program: &'static str,
+    /// The kernel function it returns from.
+    pub function: &'static str,
+    /// Probe name of the tracepoint it replaces.
+    pub instead_of: &'static str,
+}
+
+impl KprobeSpec {
+    pub fn probe_name(&self) -> String {
+        format!("kprobe:{}", self.function)
+    }
+}
+
+pub const KPROBES: &[KprobeSpec] = &[KprobeSpec {
+    program: "xfs_do_force_shutdown_ret",
+    function: "xfs_do_force_shutdown",
+    instead_of: "xfs:xfs_force_shutdown",
+}];
 
 #[cfg(test)]
 mod tests {

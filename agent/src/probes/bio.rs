@@ -1,0 +1,175 @@
+//! Userspace side of bio-level tracking (device-mapper devices): which major to track, and
+//! the stall verdict from the bio map.
+//!
+//! A suspended dm device queues bios before request accounting, so neither the request map
+//! nor `/sys/block/dm-*/inflight` shows them. Keys are (dev, sector) as for requests; an entry
+//! whose bio completed under another key (dm split it) would leak, so entries that started
+//! before the device's last completion and are older than the threshold are dropped: they
+//! cannot be a stall, because the device completed bios after they started.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use agent_ebpf::{BioDone, RqKey, RqVal};
+use aya::maps::{HashMap, MapData};
+
+use crate::topology::DevId;
+
+/// The block major of `device-mapper` in /proc/devices, if dm is loaded.
+pub fn device_mapper_major(proc_devices: &Path) -> Option<u32> {
+    parse_block_major(
+        &std::fs::read_to_string(proc_devices).ok()?,
+        "device-mapper",
+    )
+}
+
+fn parse_block_major(text: &str, name: &str) -> Option<u32> {
+    text.split("Block devices:")
+        .nth(1)?
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse::<u32>().ok()?, w.next()?))
+        })
+        .find(|(_, n)| *n == name)
+        .map(|(m, _)| m)
+}
+
+/// What the bio map says about one device after dropping leaked entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BioInflight {
+    pub bios: u64,
+    /// Age of the oldest bio that started after the device's last completion: the time the
+    /// device has gone without completing anything while it had work.
+    pub stalled_for: Option<Duration>,
+    pub oldest: Option<Duration>,
+}
+
+/// Decides per device from (key, value) pairs and the per-device completions. Returns the
+/// verdicts and the keys to drop.
+pub fn assess(
+    entries: &[(RqKey, RqVal)],
+    done: &BTreeMap<u32, BioDone>,
+    now_ns: u64,
+    leak_after: Duration,
+) -> (BTreeMap<DevId, BioInflight>, Vec<RqKey>) {
+    let mut out: BTreeMap<DevId, BioInflight> = BTreeMap::new();
+    let mut drop = Vec::new();
+    for (k, v) in entries {
+        let age = Duration::from_nanos(now_ns.saturating_sub(v.start_ns));
+        let last_done = done.get(&k.dev).map_or(0, |d| d.last_ns);
+        if v.start_ns < last_done {
+            // Completions happened after this bio started: not a stall. Old enough, it lost
+            // its completion.
+            if age >= leak_after {
+                drop.push(*k);
+            }
+            continue;
+        }
+        let e = out.entry(DevId::from_kernel(k.dev)).or_default();
+        e.bios += u64::from(v.count.max(1));
+        e.stalled_for = Some(e.stalled_for.map_or(age, |a| a.max(age)));
+        e.oldest = Some(e.oldest.map_or(age, |a| a.max(age)));
+    }
+    (out, drop)
+}
+
+/// Reads the maps, drops leaked entries and returns the per-device verdicts.
+pub fn scan(
+    inflight: &mut HashMap<MapData, RqKey, RqVal>,
+    done: &HashMap<MapData, u32, BioDone>,
+    now_ns: u64,
+    leak_after: Duration,
+) -> BTreeMap<DevId, BioInflight> {
+    let entries: Vec<(RqKey, RqVal)> = inflight.iter().flatten().collect();
+    if entries.is_empty() {
+        return BTreeMap::new();
+    }
+    let done: BTreeMap<u32, BioDone> = done.iter().flatten().collect();
+    let (out, leaked) = assess(&entries, &done, now_ns, leak_after);
+    for k in leaked {
+        let _ = inflight.remove(&k);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn entry(dev: u32, sector: u64, start: u64) -> (RqKey, RqVal) {
+        (
+            RqKey {
+                dev,
+                _pad: 0,
+                sector,
+            },
+            RqVal {
+                start_ns: start,
+                count: 1,
+                nr_sector: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn finds_the_device_mapper_major() {
+        let text = "Character devices:\n  1 mem\n 10 misc\n\nBlock devices:\n  7 loop\n 253 device-mapper\n254 virtblk\n";
+        assert_eq!(parse_block_major(text, "device-mapper"), Some(253));
+        assert_eq!(
+            parse_block_major("Block devices:\n  7 loop\n", "device-mapper"),
+            None
+        );
+    }
+
+    #[test]
+    fn bios_queued_after_the_last_completion_age_into_a_stall() {
+        let dev = 253 << 20;
+        let done = BTreeMap::from([(
+            dev,
+            BioDone {
+                last_ns: 10 * S,
+                completed: 5,
+            },
+        )]);
+        let (v, drop) = assess(
+            &[entry(dev, 8, 11 * S), entry(dev, 16, 12 * S)],
+            &done,
+            15 * S,
+            Duration::from_secs(3),
+        );
+        let d = v[&DevId::from_kernel(dev)];
+        assert_eq!(d.bios, 2);
+        assert_eq!(d.stalled_for, Some(Duration::from_secs(4)));
+        assert!(drop.is_empty());
+    }
+
+    #[test]
+    fn an_entry_older_than_a_completion_is_never_a_stall_and_is_dropped_when_old() {
+        let dev = (253 << 20) | 1;
+        let done = BTreeMap::from([(
+            dev,
+            BioDone {
+                last_ns: 10 * S,
+                completed: 5,
+            },
+        )]);
+        let (v, drop) = assess(
+            &[entry(dev, 8, 9 * S)],
+            &done,
+            11 * S,
+            Duration::from_secs(3),
+        );
+        assert!(v.is_empty());
+        assert!(drop.is_empty(), "young: kept, it may still complete");
+        let (v, drop) = assess(
+            &[entry(dev, 8, 9 * S)],
+            &done,
+            100 * S,
+            Duration::from_secs(3),
+        );
+        assert!(v.is_empty());
+        assert_eq!(drop.len(), 1);
+    }
+}
