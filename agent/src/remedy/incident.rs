@@ -189,8 +189,9 @@ impl Store {
         self.incidents.iter_mut().rev().find(|i| i.phase.open())
     }
 
-    /// Ladder runs started within the hour before `now`.
-    pub fn runs_within_hour(&self, now: SystemTime) -> usize {
+    /// Start times of the ladder runs within the hour before `now` (a clock that went back
+    /// counts them as recent).
+    fn recent_runs(&self, now: SystemTime) -> Vec<SystemTime> {
         self.incidents
             .iter()
             .filter_map(|i| i.ladder_started_at)
@@ -199,21 +200,17 @@ impl Store {
                     .map(|d| d < Duration::from_secs(3600))
                     .unwrap_or(true)
             })
-            .count()
+            .collect()
+    }
+
+    /// Ladder runs started within the hour before `now`.
+    pub fn runs_within_hour(&self, now: SystemTime) -> usize {
+        self.recent_runs(now).len()
     }
 
     /// When the oldest run of the last hour leaves the window.
     pub fn next_run_allowed(&self, now: SystemTime, max: usize) -> Option<SystemTime> {
-        let mut recent: Vec<SystemTime> = self
-            .incidents
-            .iter()
-            .filter_map(|i| i.ladder_started_at)
-            .filter(|t| {
-                now.duration_since(*t)
-                    .map(|d| d < Duration::from_secs(3600))
-                    .unwrap_or(true)
-            })
-            .collect();
+        let mut recent = self.recent_runs(now);
         if recent.len() < max {
             return None;
         }

@@ -527,22 +527,25 @@ impl Remedy {
         }
     }
 
+    /// A step that cannot know whom to act on: failed (or, in a dry run, reported as such).
+    fn unknown(&self, dry: bool, what: &str) -> (Outcome, String, Option<SystemTime>) {
+        let outcome = if dry {
+            Outcome::DryRun
+        } else {
+            Outcome::Failed
+        };
+        let why = self.identity_problems.join("; ");
+        (outcome, format!("{what} ({why})"), None)
+    }
+
     async fn ecs_drain(&mut self, dry: bool) -> (Outcome, String, Option<SystemTime>) {
         if self.ecs.is_none() {
             self.refresh_identity().await;
         }
         let Some(ecs) = self.ecs.clone() else {
-            let why = self.identity_problems.join("; ");
-            return (
-                if dry {
-                    Outcome::DryRun
-                } else {
-                    Outcome::Failed
-                },
-                format!(
-                    "container instance unknown: the ECS introspection API never answered ({why})"
-                ),
-                None,
+            return self.unknown(
+                dry,
+                "container instance unknown: the ECS introspection API never answered",
             );
         };
         let region = ecs
@@ -627,16 +630,7 @@ impl Remedy {
             self.refresh_identity().await;
         }
         let Some(me) = self.instance.clone() else {
-            let why = self.identity_problems.join("; ");
-            return (
-                if dry {
-                    Outcome::DryRun
-                } else {
-                    Outcome::Failed
-                },
-                format!("instance id unknown: IMDS never answered ({why})"),
-                None,
-            );
+            return self.unknown(dry, "instance id unknown: IMDS never answered");
         };
         let a = self.rem().asg_unhealthy.clone();
         let region = a.region.clone().unwrap_or_else(|| me.region.clone());
