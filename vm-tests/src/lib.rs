@@ -186,9 +186,9 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
     } else {
         let tree = kernel::userspace(&o.cache, scenario::USERSPACE_SUITE, s.debs)?;
         // libtirpc (rpc.mountd) reads netconfig to know its transports; the NFS tools look
-        // up their ports and protocols by name.
+        // up their ports and protocols by name. From the packages, not from the host.
         for f in ["/etc/netconfig", "/etc/services", "/etc/protocols"] {
-            files.push((PathBuf::from(f), f));
+            files.push((tree.join(&f[1..]), f));
         }
         Some(tree)
     };

@@ -99,7 +99,20 @@ pub const SCENARIOS: &[Scenario] = &[
         modules: &[],
         late_modules: &["nfsd", "nfsv4", "nfs", "sunrpc"],
         programs: &[],
-        debs: &["nfs-kernel-server", "libwrap0"],
+        // With the libraries a clean Debian 12 host may lack (libtirpc and its Kerberos
+        // dependencies), so nothing but busybox and libc comes from the host.
+        debs: &[
+            "nfs-kernel-server",
+            "libwrap0",
+            "libtirpc3",
+            "libtirpc-common",
+            "libgssapi-krb5-2",
+            "libkrb5-3",
+            "libk5crypto3",
+            "libkrb5support0",
+            "libkeyutils1",
+            "netbase",
+        ],
         deb_programs: &[
             "/usr/sbin/rpc.nfsd",
             "/usr/sbin/rpc.mountd",

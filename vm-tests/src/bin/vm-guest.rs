@@ -435,7 +435,6 @@ fn nfs_server_gone() -> Result<String> {
         bail!("sunrpc:rpc_task_begin is {state} before sunrpc loaded");
     }
     println!("vmtest: before modprobe: sunrpc:rpc_task_begin missing ({why})");
-    let t_mod = Instant::now();
     sh("modprobe nfsd && modprobe nfsv4")?;
     let (attach, _) = wait_for(
         "sunrpc probes attached after the modules loaded",
@@ -451,7 +450,25 @@ fn nfs_server_gone() -> Result<String> {
         "vmtest: sunrpc probes attached {} ms after modprobe",
         ms(attach)
     );
-    let _ = t_mod;
+    // For the record: the layout the offsets were read from, and which end event was used.
+    for ev in ["rpc_task_begin", "rpc_task_end", "rpc_task_complete"] {
+        let f = fs::read_to_string(format!("/sys/kernel/tracing/events/sunrpc/{ev}/format"))
+            .unwrap_or_default();
+        let fields: Vec<&str> = f
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("field:") && l.contains("_id;"))
+            .collect();
+        println!("vmtest: {ev}: {}", fields.join(" "));
+    }
+    if let Ok(log) = fs::read_to_string("/tmp/agent.log") {
+        for l in log
+            .lines()
+            .filter(|l| l.contains("attached probe=\"sunrpc"))
+        {
+            println!("vmtest: agent: {l}");
+        }
+    }
 
     NfsServer::setup()?;
     let mut server = NfsServer::start()?;
