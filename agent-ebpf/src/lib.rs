@@ -66,10 +66,14 @@ pub enum Field {
     BioCompleteDev,
     BioCompleteSector,
     BioCompleteError,
+    RpcBeginTaskId,
+    RpcBeginClientId,
+    RpcEndTaskId,
+    RpcEndClientId,
 }
 
 /// Number of [`Field`] variants.
-pub const FIELD_COUNT: usize = Field::BioCompleteError as usize + 1;
+pub const FIELD_COUNT: usize = Field::RpcEndClientId as usize + 1;
 
 /// Offsets of every [`Field`] plus behaviour flags; one entry in the `OFFSETS` array map.
 #[repr(C)]
@@ -197,6 +201,19 @@ pub struct BioDone {
 /// Capacity of the in-flight bio map (tracked devices only).
 pub const BIO_MAP_ENTRIES: u32 = 16_384;
 
+/// Capacity of the in-flight RPC task map (sunrpc tasks of every RPC client on the host).
+pub const RPC_MAP_ENTRIES: u32 = 16_384;
+
+/// Key of an RPC task in flight: the sunrpc client (`rpc_clnt.cl_clid`) and the task's id
+/// (`tk_pid`, which is 0 on kernels built without `CONFIG_SUNRPC_DEBUG`; the value's count
+/// then covers every task of the client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RpcKey {
+    pub client_id: u32,
+    pub task_id: u32,
+}
+
 /// Mount-family syscalls tracked while in flight.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,9 +297,11 @@ pub enum Stat {
     MountMapFull = 2,
     /// Bio map full: a bio of a tracked (dm) device is not tracked.
     BioMapFull = 3,
+    /// RPC task map full: an RPC task is not tracked.
+    RpcMapFull = 4,
 }
 
-pub const STAT_COUNT: u32 = 4;
+pub const STAT_COUNT: u32 = 5;
 
 /// Names of the maps, shared so userspace and kernel cannot drift apart.
 pub mod maps {
@@ -293,6 +312,7 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const BIO_INFLIGHT: &str = "BIO_INFLIGHT";
     pub const BIO_DONE: &str = "BIO_DONE";
+    pub const RPC_INFLIGHT: &str = "RPC_INFLIGHT";
 }
 
 #[cfg(feature = "user")]
@@ -307,4 +327,5 @@ mod user {
     unsafe impl aya::Pod for RqVal {}
     unsafe impl aya::Pod for MountCall {}
     unsafe impl aya::Pod for BioDone {}
+    unsafe impl aya::Pod for RpcKey {}
 }

@@ -150,7 +150,7 @@ pub struct Engine {
     blocked: Vec<InflightCall>,
     probes: Vec<ProbeStatus>,
     probe_tx: mpsc::UnboundedSender<ProbeDone>,
-    kernel_stats_seen: [u64; 4],
+    kernel_stats_seen: [u64; 5],
     /// Names of disks outside the observed mounts that reported errors.
     other_names: BTreeMap<DevId, String>,
     events_lost: u64,
@@ -185,7 +185,7 @@ impl Engine {
             blocked: Vec::new(),
             probes: Vec::new(),
             probe_tx,
-            kernel_stats_seen: [0; 4],
+            kernel_stats_seen: [0; 5],
             other_names: BTreeMap::new(),
             events_lost: 0,
             target_series: Default::default(),
@@ -641,6 +641,15 @@ impl Engine {
             None => None,
         }
         .unwrap_or_default();
+        // RPC tasks (sunrpc): the oldest in flight on the host.
+        let rpc = maps
+            .as_deref()
+            .map(|m| crate::probes::rpc::oldest(&m.rpc_inflight, now_ns))
+            .unwrap_or_default();
+        self.metrics.rpc_inflight.set(rpc.tasks as i64);
+        self.metrics
+            .rpc_oldest
+            .set(rpc.oldest.map_or(0.0, |(_, a)| a.as_secs_f64()));
         let (mut rq, calls, stats) = match maps {
             Some(m) => (
                 Some(&mut m.rq_inflight),
@@ -829,14 +838,31 @@ impl Engine {
                             })
                             .inc();
                     }
-                    if o.is_nfs() && waited >= cfg.detect.nfs_stall_after {
-                        let detail = format!(
-                            "statx of the mount root unanswered for {:.0}s",
-                            waited.as_secs_f64()
-                        );
-                        if let Some(t) = o.target.raise(Signal::NfsStall, detail, now) {
-                            log_transition(&o.target, &t);
-                        }
+                    // The sunrpc view names the stuck RPC; without it (tracepoints missing,
+                    // or no task old enough yet) the unanswered probe alone decides.
+                    let rpc_detail = o
+                        .is_nfs()
+                        .then(|| {
+                            crate::probes::rpc::stall_detail(
+                                rpc,
+                                waited,
+                                &o.entry.source,
+                                &cfg.detect,
+                            )
+                        })
+                        .flatten();
+                    let detail = rpc_detail.or_else(|| {
+                        (o.is_nfs() && waited >= cfg.detect.nfs_stall_after).then(|| {
+                            format!(
+                                "statx of the mount root unanswered for {:.0}s",
+                                waited.as_secs_f64()
+                            )
+                        })
+                    });
+                    if let Some(detail) = detail
+                        && let Some(t) = o.target.raise(Signal::NfsStall, detail, now)
+                    {
+                        log_transition(&o.target, &t);
                     }
                 }
                 None => self.spawn_probe(&mp),
@@ -859,6 +885,7 @@ impl Engine {
             Stat::RqMapFull,
             Stat::MountMapFull,
             Stat::BioMapFull,
+            Stat::RpcMapFull,
         ];
         for (i, stat) in idx.iter().enumerate() {
             let Ok(values) = stats.get(&(*stat as u32), 0) else {
@@ -876,10 +903,11 @@ impl Engine {
                     self.metrics.events_lost.inc_by(delta);
                     warn!(lost = delta, "kernel events lost: ring buffer full");
                 }
-                Stat::RqMapFull | Stat::MountMapFull | Stat::BioMapFull => {
+                Stat::RqMapFull | Stat::MountMapFull | Stat::BioMapFull | Stat::RpcMapFull => {
                     let map = match stat {
                         Stat::RqMapFull => "rq_inflight",
                         Stat::BioMapFull => "bio_inflight",
+                        Stat::RpcMapFull => "rpc_inflight",
                         _ => "mount_calls",
                     };
                     self.metrics

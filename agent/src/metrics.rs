@@ -67,6 +67,8 @@ pub struct Metrics {
     pub inflight_requests: Family<DeviceLabels, Gauge>,
     pub mount_calls_blocked: Gauge,
     pub mount_call_oldest_blocked: GaugeF,
+    pub rpc_inflight: Gauge,
+    pub rpc_oldest: GaugeF,
     pub remediations: Family<ActionLabels, Counter>,
     pub events_lost: Counter,
     pub events_decode_errors: Counter,
@@ -94,6 +96,8 @@ impl Metrics {
             inflight_requests: Family::default(),
             mount_calls_blocked: Gauge::default(),
             mount_call_oldest_blocked: GaugeF::default(),
+            rpc_inflight: Gauge::default(),
+            rpc_oldest: GaugeF::default(),
             remediations: Family::default(),
             events_lost: Counter::default(),
             events_decode_errors: Counter::default(),
@@ -146,6 +150,16 @@ impl Metrics {
             "mount_call_oldest_blocked_seconds",
             "Age of the oldest mount-family syscall in flight (0 when none)",
             m.mount_call_oldest_blocked.clone(),
+        );
+        r.register(
+            "rpc_tasks_inflight",
+            "SUNRPC tasks (NFS client calls) in flight on the host, from sunrpc tracepoints",
+            m.rpc_inflight.clone(),
+        );
+        r.register(
+            "rpc_tasks_inflight_oldest_seconds",
+            "Age of the oldest SUNRPC task in flight on the host (0 when none)",
+            m.rpc_oldest.clone(),
         );
         r.register(
             "remediations",
@@ -277,6 +291,8 @@ mod tests {
             "bindsto_block_inflight_oldest_seconds{device=\"loop0\"} 1.5",
             "bindsto_mount_calls_blocked 0",
             "bindsto_mount_call_oldest_blocked_seconds 0.0",
+            "bindsto_rpc_tasks_inflight 0",
+            "bindsto_rpc_tasks_inflight_oldest_seconds 0.0",
             "bindsto_events_lost_total 0",
             "bindsto_probe_attached{probe=\"xfs:xfs_force_shutdown\"} 1",
             "bindsto_build_info{version=",

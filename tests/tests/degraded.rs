@@ -74,6 +74,9 @@ fn missing_tracepoints_degrade_and_detection_goes_on() {
         ("block:block_rq_complete", 1),
         ("xfs:xfs_buf_ioerror", 1),
         ("syscalls:sys_enter_mount", 1),
+        // No NFS client on this kernel: the sunrpc programs wait for the module.
+        ("sunrpc:rpc_task_begin", 0),
+        ("sunrpc:rpc_task_end", 0),
     ] {
         let line = format!("bindsto_probe_attached{{probe=\"{probe}\"}} {v}");
         assert!(metrics.contains(&line), "missing {line}:\n{metrics}");
@@ -91,6 +94,18 @@ fn missing_tracepoints_degrade_and_detection_goes_on() {
             .unwrap_or_default()
     };
     assert_eq!(probe("xfs:xfs_force_shutdown")["state"], "missing");
+    let rpc = probe("sunrpc:rpc_task_begin");
+    assert_eq!(rpc["state"], "missing", "{rpc}");
+    assert!(
+        rpc["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("module sunrpc not loaded")),
+        "{rpc}"
+    );
+    assert!(
+        metrics.contains("bindsto_rpc_tasks_inflight 0"),
+        "{metrics}"
+    );
 
     // Errors now come from block_rq_complete, and the log-error shutdown from statx.
     // Metadata changes still in the log when the disk fails make the next log write fail.

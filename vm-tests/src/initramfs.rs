@@ -19,14 +19,27 @@ pub struct Contents<'a> {
     pub runner: &'a Path,
     pub agent: &'a Path,
     pub modules: &'a [&'a str],
+    /// In the image, not loaded at boot.
+    pub late_modules: &'a [&'a str],
     pub programs: &'a [&'a str],
+    /// Unpacked Debian packages and programs (absolute paths inside that tree) to copy.
+    pub debs: Option<(&'a Path, &'a [&'a str])>,
     /// Extra files: (host path, path in the image).
     pub files: &'a [(PathBuf, &'a str)],
 }
 
-/// Shared libraries (and the loader) a dynamically linked program needs, from `ldd`.
-fn libraries(program: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
+/// Shared libraries (and the loader) a dynamically linked program needs, from `ldd`, looked up
+/// in the unpacked packages under `extra` first (libraries the host does not have).
+fn libraries(program: &Path, extra: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut cmd = Command::new("ldd");
+    if let Some(root) = extra {
+        let dirs: Vec<String> = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
+            .iter()
+            .map(|d| root.join(d).display().to_string())
+            .collect();
+        cmd.env("LD_LIBRARY_PATH", dirs.join(":"));
+    }
+    let out = cmd
         .arg(program)
         .output()
         .with_context(|| format!("ldd {}", program.display()))?;
@@ -64,12 +77,28 @@ fn copy_program(
     dst: &Path,
     done: &mut BTreeSet<PathBuf>,
 ) -> Result<()> {
+    copy_program_from(root, program, dst, None, done)
+}
+
+/// As [`copy_program`]; libraries found under `extra` (unpacked packages) keep their path
+/// relative to it.
+fn copy_program_from(
+    root: &Path,
+    program: &Path,
+    dst: &Path,
+    extra: Option<&Path>,
+    done: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
     copy_into(root, program, dst)?;
-    for lib in libraries(program)? {
+    for lib in libraries(program, extra)? {
         if done.insert(lib.clone()) {
             // Follow the symlink (libfoo.so.1 -> libfoo.so.1.2.3) but keep the name ld.so asks for.
             let real = fs::canonicalize(&lib)?;
-            copy_into(root, &real, &lib)?;
+            let in_image = match extra.and_then(|e| lib.strip_prefix(e).ok()) {
+                Some(rel) => Path::new("/").join(rel),
+                None => lib.clone(),
+            };
+            copy_into(root, &real, &in_image)?;
         }
     }
     Ok(())
@@ -127,6 +156,14 @@ pub fn build(work: &Path, c: &Contents, out: &Path) -> Result<()> {
         copy_program(&root, p, p, &mut libs)?;
     }
 
+    if let Some((tree, programs)) = c.debs {
+        for p in programs {
+            let rel = p.strip_prefix('/').unwrap_or(p);
+            let _ = fs::remove_file(root.join(rel));
+            copy_program_from(&root, &tree.join(rel), Path::new(p), Some(tree), &mut libs)?;
+        }
+    }
+
     for (src, dst) in c.files {
         copy_into(&root, src, Path::new(dst))?;
     }
@@ -134,7 +171,8 @@ pub fn build(work: &Path, c: &Contents, out: &Path) -> Result<()> {
     let kmods = root.join("lib/modules").join(&c.kernel.release);
     fs::create_dir_all(&kmods)?;
     let mut load = Vec::new();
-    for rel in c.kernel.module_closure(c.modules)? {
+    let all: Vec<&str> = c.modules.iter().chain(c.late_modules).copied().collect();
+    for rel in c.kernel.module_closure(&all)? {
         let src = c.kernel.modules.join(&rel);
         let rel_plain = rel.strip_suffix(".xz").unwrap_or(&rel);
         let dst = kmods.join(rel_plain);

@@ -226,6 +226,37 @@ pub fn fetch(cache: &Path, line: &KernelLine) -> Result<Kernel> {
     })
 }
 
+/// Unpacks the Debian userspace `packages` of `suite` (the candidate versions there) into one
+/// tree under the cache, downloading each once, and returns the tree. Programs are copied from
+/// it into the initramfs; their libraries are looked up there before the host's.
+pub fn userspace(cache: &Path, suite: &str, packages: &[&str]) -> Result<PathBuf> {
+    let dir = cache.join("userspace").join(suite);
+    let root = dir.join("root");
+    let stamp = dir.join("unpacked");
+    let want = packages.join("\n") + "\n";
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) && root.exists() {
+        return Ok(root);
+    }
+    let apt = Apt::new(cache)?;
+    apt.update()?;
+    let _ = fs::remove_dir_all(&root);
+    for p in packages {
+        let policy = apt.output("apt-cache", &["madison", p])?;
+        let version = policy
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('|').map(str::trim).collect();
+                (f.len() >= 3 && f[2].contains(&format!(" {suite}/"))).then(|| f[1].to_string())
+            })
+            .next()
+            .with_context(|| format!("{p} not in {suite}'s Packages index"))?;
+        let deb = apt.download(p, &version, &dir.join("deb"))?;
+        run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    fs::write(&stamp, want)?;
+    Ok(root)
+}
+
 impl Kernel {
     /// Module files needed to load `names` (with their dependencies, in load order), as paths
     /// relative to the module tree. Built-in modules are skipped.

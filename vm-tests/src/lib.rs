@@ -181,6 +181,17 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
         rootfs::copy_for_boot(&image, &copy)?;
         disks.push(copy);
     }
+    let debs = if s.debs.is_empty() {
+        None
+    } else {
+        let tree = kernel::userspace(&o.cache, scenario::USERSPACE_SUITE, s.debs)?;
+        // libtirpc (rpc.mountd) reads netconfig to know its transports; the NFS tools look
+        // up their ports and protocols by name. From the packages, not from the host.
+        for f in ["/etc/netconfig", "/etc/services", "/etc/protocols"] {
+            files.push((tree.join(&f[1..]), f));
+        }
+        Some(tree)
+    };
     let initrd = dir.join("initrd.cpio");
     initramfs::build(
         &dir,
@@ -189,7 +200,9 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
             runner: &o.runner,
             agent: &o.agent,
             modules: s.modules,
+            late_modules: s.late_modules,
             programs: s.programs,
+            debs: debs.as_deref().map(|t| (t, s.deb_programs)),
             files: &files,
         },
         &initrd,

@@ -3,12 +3,13 @@
 mod bio;
 mod block;
 mod mounts;
+mod rpc;
 mod xfs;
 mod xfs_kprobe;
 
 use agent_ebpf::{
     BIO_MAP_ENTRIES, BioDone, Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets,
-    RINGBUF_BYTES, RQ_MAP_ENTRIES, RqKey, RqVal, STAT_COUNT, Stat,
+    RINGBUF_BYTES, RPC_MAP_ENTRIES, RQ_MAP_ENTRIES, RpcKey, RqKey, RqVal, STAT_COUNT, Stat,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -36,6 +37,10 @@ static BIO_INFLIGHT: HashMap<RqKey, RqVal> = HashMap::with_max_entries(BIO_MAP_E
 /// Bio completions per tracked device (progress for the bio-level stall check).
 #[map(name = "BIO_DONE")]
 static BIO_DONE: HashMap<u32, BioDone> = HashMap::with_max_entries(1024, 0);
+
+/// RPC tasks in flight (sunrpc), see `rpc.rs`. Plain hash for the same reason as above.
+#[map(name = "RPC_INFLIGHT")]
+static RPC_INFLIGHT: HashMap<RpcKey, RqVal> = HashMap::with_max_entries(RPC_MAP_ENTRIES, 0);
 
 /// Mount-family syscalls in flight, keyed by pid_tgid.
 #[map(name = "MOUNT_CALLS")]

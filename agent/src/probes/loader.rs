@@ -7,7 +7,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_ebpf::{BioDone, FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RqKey, RqVal, maps};
+use agent_ebpf::{
+    BioDone, FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RpcKey, RqKey, RqVal, maps,
+};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
@@ -56,6 +58,7 @@ pub struct ScanMaps {
     pub stats: PerCpuArray<MapData, u64>,
     pub bio_inflight: HashMap<MapData, RqKey, RqVal>,
     pub bio_done: HashMap<MapData, u32, BioDone>,
+    pub rpc_inflight: HashMap<MapData, RpcKey, RqVal>,
 }
 
 /// The loaded object; kept alive for as long as programs should stay attached. Dropping it
@@ -93,6 +96,16 @@ fn raise_memlock() {
     }
 }
 
+/// Why a tracepoint is absent: events of modules (xfs, sunrpc) appear only once it loads.
+fn missing_detail(system: &str) -> String {
+    match system {
+        "xfs" | "sunrpc" => format!(
+            "tracepoint not present: module {system} not loaded (retried every pass) or not in this kernel"
+        ),
+        _ => "tracepoint not present on this kernel".into(),
+    }
+}
+
 impl Loaded {
     /// Loads the object and attaches what the running kernel supports.
     pub fn load(tracefs: &Path) -> Result<(Self, Maps), ProbeError> {
@@ -109,6 +122,7 @@ impl Loaded {
                 stats: take(&mut ebpf, maps::STATS)?,
                 bio_inflight: take(&mut ebpf, maps::BIO_INFLIGHT)?,
                 bio_done: take(&mut ebpf, maps::BIO_DONE)?,
+                rpc_inflight: take(&mut ebpf, maps::RPC_INFLIGHT)?,
             },
         };
         let offsets_map = take(&mut ebpf, maps::OFFSETS)?;
@@ -159,7 +173,7 @@ impl Loaded {
                         probe,
                         program: prog.program,
                         state: ProbeState::Missing,
-                        detail: "tracepoint not present on this kernel".into(),
+                        detail: missing_detail(tp.system),
                     }),
                     Err(e) => status.push(ProbeStatus {
                         probe,

@@ -3,6 +3,7 @@
 pub mod bio;
 pub mod format;
 pub mod loader;
+pub mod rpc;
 pub mod spec;
 
 pub use loader::{Loaded, Maps, ProbeState, ProbeStatus, ScanMaps};

@@ -182,6 +182,29 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         )],
     },
     ProgramSpec {
+        program: "rpc_task_begin",
+        tracepoints: &[tp(
+            "sunrpc",
+            "rpc_task_begin",
+            &[
+                (Field::RpcBeginTaskId, "task_id"),
+                (Field::RpcBeginClientId, "client_id"),
+            ],
+        )],
+    },
+    ProgramSpec {
+        program: "rpc_task_end",
+        tracepoints: &[Tracepoint {
+            system: "sunrpc",
+            event: "rpc_task_end",
+            fallback: Some("rpc_task_complete"),
+            fields: &[
+                (Field::RpcEndTaskId, "task_id"),
+                (Field::RpcEndClientId, "client_id"),
+            ],
+        }],
+    },
+    ProgramSpec {
         program: "sys_enter_mount",
         tracepoints: &[tp(
             "syscalls",

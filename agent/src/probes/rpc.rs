@@ -1,0 +1,119 @@
+//! NFS stalls from SUNRPC tasks in flight (`sunrpc:rpc_task_begin` -> `rpc_task_end`).
+//!
+//! The tracepoints name an RPC task and its client (`cl_clid`) but not the server, and the
+//! client id is not visible in mountinfo, so a task cannot be tied to one mount from the
+//! tracepoint alone. The verdict is therefore per host plus per mount: an NFS mount is stalled
+//! when an RPC task on the host has been in flight longer than `nfs_stall_after` *and* the
+//! mount's own probe (statx of its root) is unanswered past `probe_timeout`. A healthy share
+//! answers its probe, so a stuck task of another server, or an entry that lost its end
+//! event, cannot mark it.
+
+use std::time::Duration;
+
+use agent_ebpf::{RpcKey, RqVal};
+use aya::maps::{HashMap, MapData};
+
+use crate::config::Detect;
+
+/// What the RPC task map holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RpcInflight {
+    /// Tasks in flight (counts included: task ids are all 0 without SUNRPC debug).
+    pub tasks: u64,
+    /// The oldest task's client id and age.
+    pub oldest: Option<(u32, Duration)>,
+}
+
+/// Folds map entries into the host-wide view.
+pub fn summarize(entries: impl IntoIterator<Item = (RpcKey, RqVal)>, now_ns: u64) -> RpcInflight {
+    let mut out = RpcInflight::default();
+    for (k, v) in entries {
+        out.tasks += u64::from(v.count.max(1));
+        let age = Duration::from_nanos(now_ns.saturating_sub(v.start_ns));
+        if out.oldest.is_none_or(|(_, a)| age > a) {
+            out.oldest = Some((k.client_id, age));
+        }
+    }
+    out
+}
+
+pub fn oldest(map: &HashMap<MapData, RpcKey, RqVal>, now_ns: u64) -> RpcInflight {
+    summarize(map.iter().flatten(), now_ns)
+}
+
+/// The `nfs_stall` detail for an NFS mount (source `server:/path`) whose probe has waited
+/// `probe_waited`, or None when the RPC view does not show a stall of it.
+pub fn stall_detail(
+    rpc: RpcInflight,
+    probe_waited: Duration,
+    source: &str,
+    detect: &Detect,
+) -> Option<String> {
+    let (client, age) = rpc.oldest?;
+    if age < detect.nfs_stall_after || probe_waited < detect.probe_timeout {
+        return None;
+    }
+    let server = source.rsplit_once(':').map_or(source, |(host, _)| host);
+    Some(format!(
+        "server {server} ({source}) not answering: RPC task in flight for {:.0}s \
+         (sunrpc client {client}, {} task(s) in flight), statx of the mount root unanswered for {:.0}s",
+        age.as_secs_f64(),
+        rpc.tasks,
+        probe_waited.as_secs_f64()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn entry(client_id: u32, task_id: u32, start_s: u64, count: u32) -> (RpcKey, RqVal) {
+        (
+            RpcKey { client_id, task_id },
+            RqVal {
+                start_ns: start_s * S,
+                count,
+                nr_sector: 0,
+            },
+        )
+    }
+
+    fn detect() -> Detect {
+        let mut d = crate::config::Config::default().detect;
+        d.nfs_stall_after = Duration::from_secs(10);
+        d.probe_timeout = Duration::from_secs(5);
+        d
+    }
+
+    #[test]
+    fn oldest_task_and_counts() {
+        let r = summarize(
+            [entry(3, 7, 90, 1), entry(4, 0, 20, 3), entry(3, 8, 95, 1)],
+            100 * S,
+        );
+        assert_eq!(r.tasks, 5);
+        assert_eq!(r.oldest, Some((4, Duration::from_secs(80))));
+        assert_eq!(summarize([], 100 * S), RpcInflight::default());
+    }
+
+    #[test]
+    fn stall_needs_an_old_task_and_an_unanswered_probe() {
+        let d = detect();
+        let old = summarize([entry(2, 1, 0, 1)], 30 * S);
+        let young = summarize([entry(2, 1, 25, 1)], 30 * S);
+        let src = "127.0.0.1:/export";
+        // A healthy share answers its probe: an old task elsewhere does not mark it.
+        assert!(stall_detail(old, Duration::from_secs(1), src, &d).is_none());
+        assert!(stall_detail(young, Duration::from_secs(20), src, &d).is_none());
+        assert!(stall_detail(RpcInflight::default(), Duration::from_secs(20), src, &d).is_none());
+        let detail = stall_detail(old, Duration::from_secs(6), src, &d).unwrap();
+        assert!(
+            detail.starts_with("server 127.0.0.1 (127.0.0.1:/export)"),
+            "{detail}"
+        );
+        assert!(detail.contains("RPC task in flight for 30s"), "{detail}");
+        assert!(detail.contains("sunrpc client 2"), "{detail}");
+    }
+}
