@@ -756,11 +756,11 @@ mod systemd {
     /// Stage 2 (vmtest.service under systemd).
     pub fn inside() -> Result<String> {
         let r = ecs_stop();
-        if r.is_err() {
-            if let Ok(j) = sh("journalctl -u bindsto.service --no-pager -n 60 2>&1") {
-                for l in j.lines() {
-                    println!("vmtest: journal | {l}");
-                }
+        if r.is_err()
+            && let Ok(j) = sh("journalctl -u bindsto.service --no-pager -n 60 2>&1")
+        {
+            for l in j.lines() {
+                println!("vmtest: journal | {l}");
             }
         }
         r
