@@ -560,10 +560,12 @@ mod systemd {
 
     const ECS_UNIT: &str = "[Unit]\nDescription=dummy ECS agent\n\n[Service]\n\
         ExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
+    // Straight to the console: through the journal (journal+console) the end line could still
+    // be queued in journald when the runner powers the guest off.
     const VMTEST_UNIT: &str = "[Unit]\nDescription=vm-tests scenario runner\n\
         After=bindsto.service ecs.service data.mount\n\n[Service]\nType=simple\n\
-        ExecStart=/usr/local/bin/vm-guest\nStandardOutput=journal+console\n\
-        StandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n";
+        ExecStart=/usr/local/bin/vm-guest\nStandardOutput=tty\nStandardError=tty\n\
+        TTYPath=/dev/console\n\n[Install]\nWantedBy=multi-user.target\n";
     const CONFIG: &str = "listen = \"127.0.0.1:9842\"\ndry_run = false\n\n[detect]\n\
         scan_interval = \"250ms\"\n\n[[watch]]\npath = \"/data\"\ncritical = true\n\n\
         [remediate]\nactions = [\"stop-units\"]\nhold_down = \"0s\"\n\n\
