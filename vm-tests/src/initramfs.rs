@@ -17,7 +17,8 @@ use crate::{kernel::Kernel, run_cmd};
 pub struct Contents<'a> {
     pub kernel: &'a Kernel,
     pub runner: &'a Path,
-    pub agent: &'a Path,
+    /// Copied to /usr/bin/bindsto; None for the systemd guest, which installs the `.deb`.
+    pub agent: Option<&'a Path>,
     pub modules: &'a [&'a str],
     /// In the image, not loaded at boot.
     pub late_modules: &'a [&'a str],
@@ -117,21 +118,23 @@ pub fn build(work: &Path, c: &Contents, out: &Path) -> Result<()> {
     fs::copy(c.runner, root.join("init"))?;
     let mut libs = BTreeSet::new();
     copy_program(&root, c.runner, Path::new("/init"), &mut libs)?;
-    // The agent without debug info: a smaller image boots faster under TCG.
-    let agent = root.join("usr/bin/bindsto");
-    run_cmd(
-        Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(c.agent)
-            .arg(&agent),
-    )?;
-    copy_program(
-        &root,
-        c.agent,
-        Path::new("/usr/bin/bindsto.unstripped"),
-        &mut libs,
-    )?;
-    fs::remove_file(root.join("usr/bin/bindsto.unstripped"))?;
+    if let Some(src) = c.agent {
+        // The agent without debug info: a smaller image boots faster under TCG.
+        let agent = root.join("usr/bin/bindsto");
+        run_cmd(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(src)
+                .arg(&agent),
+        )?;
+        copy_program(
+            &root,
+            src,
+            Path::new("/usr/bin/bindsto.unstripped"),
+            &mut libs,
+        )?;
+        fs::remove_file(root.join("usr/bin/bindsto.unstripped"))?;
+    }
 
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {

@@ -41,9 +41,11 @@ pub struct Options {
     /// Scenario names; empty means all.
     pub scenarios: Vec<String>,
     pub runner: PathBuf,
+    /// The agent for the initramfs scenarios (they run it from the initramfs).
     pub agent: PathBuf,
-    /// The workspace (for packaging/systemd/bindsto.service).
-    pub workspace: PathBuf,
+    /// The `.deb` of `cargo xtask package`: the systemd guest installs it with `dpkg -i`
+    /// (binary, unit, default config, maintainer scripts). Without it those cells are NOT RUN.
+    pub deb: Option<PathBuf>,
 }
 
 /// One cell of the table.
@@ -165,17 +167,16 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
     let mut files = Vec::new();
     let mut disks = Vec::new();
     if s.rootfs {
-        let unit = o.workspace.join(scenario::UNIT_FILE);
-        if !unit.exists() {
+        let Some(deb) = o.deb.as_ref().filter(|d| d.is_file()) else {
             return Ok(Cell {
                 kernel: kernel.line.into(),
                 scenario: s.name.into(),
                 verdict: "NOT RUN".into(),
-                detail: format!("not run: {} is missing (issue 5)", scenario::UNIT_FILE),
+                detail: "not run: no .deb (run cargo xtask package)".into(),
                 wall_s: 0.0,
             });
-        }
-        files.push((unit, "/vmtest/bindsto.service"));
+        };
+        files.push((deb.clone(), scenario::DEB_IN_INITRAMFS));
         let image = rootfs::image(&o.cache)?;
         let copy = dir.join("rootfs.img");
         rootfs::copy_for_boot(&image, &copy)?;
@@ -198,7 +199,8 @@ fn boot_one(o: &Options, kernel: &kernel::Kernel, s: &scenario::Scenario) -> Res
         &initramfs::Contents {
             kernel,
             runner: &o.runner,
-            agent: &o.agent,
+            // The systemd guest runs the packaged agent only: no second binary to mistake for it.
+            agent: (!s.rootfs).then_some(o.agent.as_path()),
             modules: s.modules,
             late_modules: s.late_modules,
             programs: s.programs,

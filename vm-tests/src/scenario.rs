@@ -174,8 +174,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// The project's unit file, installed into the systemd guest as is.
-pub const UNIT_FILE: &str = "packaging/systemd/bindsto.service";
+/// Where the initramfs carries the `.deb` that the systemd guest installs with `dpkg -i`.
+pub const DEB_IN_INITRAMFS: &str = "/vmtest/bindsto.deb";
 
 pub fn scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)

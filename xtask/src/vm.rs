@@ -6,11 +6,18 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::{Result, bail};
 use bindsto_vm_tests as vm;
 
-use crate::{cargo, status, workspace_root};
+use crate::{cargo, ops, status, workspace_root};
 
 pub fn vm_test(kernel: &str, scenarios: Vec<String>) -> Result<()> {
     let kernels = vm::kernel_lines(kernel)?;
-    status(cargo().args(["build", "--package", "bindsto"]))?;
+    let selected: Vec<_> = vm::scenario::SCENARIOS
+        .iter()
+        .filter(|s| scenarios.is_empty() || scenarios.iter().any(|n| n == s.name))
+        .collect();
+    // The initramfs scenarios run the debug agent; the systemd guest only the packaged one.
+    if selected.iter().any(|s| !s.rootfs) {
+        status(cargo().args(["build", "--package", "bindsto"]))?;
+    }
     status(cargo().args([
         "build",
         "--package",
@@ -18,6 +25,14 @@ pub fn vm_test(kernel: &str, scenarios: Vec<String>) -> Result<()> {
         "--bin",
         "vm-guest",
     ]))?;
+    // The systemd guest installs the real package: built here with `cargo xtask package`'s
+    // code, which reuses an up-to-date release build (seconds) instead of trusting a .deb in
+    // target/packages that may predate the sources.
+    let deb = if selected.iter().any(|s| s.rootfs) {
+        Some(ops::package()?.deb)
+    } else {
+        None
+    };
     let root = workspace_root();
     let cache = std::env::var_os("BINDSTO_VM_CACHE")
         .map(PathBuf::from)
@@ -30,7 +45,7 @@ pub fn vm_test(kernel: &str, scenarios: Vec<String>) -> Result<()> {
         scenarios,
         runner: root.join("target/debug/vm-guest"),
         agent: root.join("target/debug/bindsto"),
-        workspace: root.clone(),
+        deb,
     })?;
     println!("\n{}", vm::table(&cells));
     println!(
