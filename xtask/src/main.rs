@@ -38,13 +38,18 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, then run every check and test: fmt, clippy, unit tests, privileged tests.
+    /// Every check and test: fmt, clippy, unit tests, the privileged host tests, the packages
+    /// (built and checked) and the QEMU/TCG matrix on the fleet kernels.
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Only run privileged tests whose name contains this filter.
+        /// Only run privileged tests whose name contains this filter (implies --host-only).
         #[arg(long)]
         filter: Option<String>,
+        /// Stop after the host tests: no packages, no VM matrix.
+        #[arg(long)]
+        host_only: bool,
     },
     /// Boot the fleet kernels under QEMU/TCG and run the guest scenarios (see vm-tests/).
     VmTest {
@@ -104,7 +109,25 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Build => setup().and_then(|()| build(true)),
         Cmd::Run { args } => run(&args),
-        Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
+        Cmd::Test {
+            no_lint,
+            filter,
+            host_only,
+        } => test(no_lint, filter.as_deref()).and_then(|()| {
+            if host_only || filter.is_some() {
+                return Ok(());
+            }
+            // The .deb goes into the VM matrix's systemd guest, so packages come first.
+            let p = ops::package()?;
+            ops::test_packages(&p)?;
+            let started = std::time::Instant::now();
+            vm::vm_test("all", Vec::new())?;
+            eprintln!(
+                "xtask: vm-test matrix took {}s",
+                started.elapsed().as_secs()
+            );
+            Ok(())
+        }),
         Cmd::VmTest { kernel, scenario } => setup().and_then(|()| vm::vm_test(&kernel, scenario)),
         Cmd::Package => setup()
             .and_then(|()| ops::package())
