@@ -7,12 +7,10 @@
 //! bio-based devices (dm `error` target) never reach `block_rq_error` either, so a failed bio
 //! completion is reported here.
 
-use agent_ebpf::{BioDone, EventKind, Field, RqKey, RqVal, Stat};
+use agent_ebpf::{BioDone, EventKind, Field, RqKey, Stat};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
-use super::{BIO_DONE, BIO_INFLIGHT, count, emit, offsets};
-
-const BPF_NOEXIST: u64 = 1;
+use super::{BIO_DONE, BIO_INFLIGHT, emit, offsets, track_end, track_start};
 
 #[inline(always)]
 fn tracked(dev: u32, bio_major: u32) -> bool {
@@ -39,21 +37,7 @@ fn try_queue(ctx: &TracePointContext) -> Result<(), i32> {
         _pad: 0,
         sector,
     };
-    if let Some(v) = BIO_INFLIGHT.get_ptr_mut(key) {
-        // SAFETY: map value pointer; a lost update only leaks an entry, which userspace drops
-        // once the device has completed bios after it.
-        unsafe { (*v).count = (*v).count.saturating_add(1) };
-        return Ok(());
-    }
-    let val = RqVal {
-        // SAFETY: helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        count: 1,
-        nr_sector: 0,
-    };
-    if BIO_INFLIGHT.insert(key, val, BPF_NOEXIST).is_err() {
-        count(Stat::BioMapFull);
-    }
+    track_start(&BIO_INFLIGHT, key, Stat::BioMapFull);
     Ok(())
 }
 
@@ -82,20 +66,7 @@ fn try_complete(ctx: &TracePointContext) -> Result<(), i32> {
         _pad: 0,
         sector,
     };
-    if let Some(v) = BIO_INFLIGHT.get_ptr_mut(key) {
-        // SAFETY: map value pointer, see `try_queue`.
-        let more = unsafe {
-            if (*v).count > 1 {
-                (*v).count -= 1;
-                true
-            } else {
-                false
-            }
-        };
-        if !more {
-            let _ = BIO_INFLIGHT.remove(key);
-        }
-    }
+    track_end(&BIO_INFLIGHT, key);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     match BIO_DONE.get_ptr_mut(dev) {

@@ -3,10 +3,7 @@
 use agent_ebpf::{EventKind, FLAG_ERRORS_FROM_COMPLETE, Field, RqKey, RqVal, Stat};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
-use super::{RQ_INFLIGHT, count, emit, offsets};
-
-/// `BPF_NOEXIST`: insert only when the key is absent.
-const BPF_NOEXIST: u64 = 1;
+use super::{BPF_NOEXIST, RQ_INFLIGHT, count, emit, offsets};
 
 #[tracepoint]
 pub fn block_rq_issue(ctx: TracePointContext) -> u32 {

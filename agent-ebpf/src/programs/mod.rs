@@ -55,6 +55,9 @@ static MOUNT_SCRATCH: PerCpuArray<MountCall> = PerCpuArray::with_max_entries(1, 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
 #[inline(always)]
 fn offsets() -> Option<&'static Offsets> {
     OFFSETS.get(0)
@@ -65,6 +68,47 @@ fn count(stat: Stat) {
     if let Some(p) = STATS.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot; programs do not nest on one CPU for these tracepoints.
         unsafe { *p += 1 };
+    }
+}
+
+/// Records the start of an operation keyed by `key` in `map`: a second start with the same
+/// key (a resubmitted bio, task ids that are 0 without SUNRPC debug) only bumps the count and
+/// keeps the oldest start, so the age userspace sees never gets younger.
+#[inline(always)]
+fn track_start<K>(map: &HashMap<K, RqVal>, key: K, full: Stat) {
+    if let Some(v) = map.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; a lost update only miscounts, and userspace never judges
+        // from the count alone (bios: completion progress; RPC: the mount's probe).
+        unsafe { (*v).count = (*v).count.saturating_add(1) };
+        return;
+    }
+    let val = RqVal {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        count: 1,
+        nr_sector: 0,
+    };
+    if map.insert(&key, &val, BPF_NOEXIST).is_err() {
+        count(full);
+    }
+}
+
+/// The end of one operation started with [`track_start`]: the entry goes with its last user.
+#[inline(always)]
+fn track_end<K>(map: &HashMap<K, RqVal>, key: K) {
+    if let Some(v) = map.get_ptr_mut(&key) {
+        // SAFETY: map value pointer, see `track_start`.
+        let more = unsafe {
+            if (*v).count > 1 {
+                (*v).count -= 1;
+                true
+            } else {
+                false
+            }
+        };
+        if !more {
+            let _ = map.remove(&key);
+        }
     }
 }
 
