@@ -56,6 +56,8 @@ const P99_MAX: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const ENDPOINTS: [&str; 3] = ["/healthz", "/status", "/metrics"];
 const POLL: Duration = Duration::from_millis(50);
+/// Each phase lasts at least this long (40 scans), however fast the requests are answered.
+const PHASE_MIN: Duration = Duration::from_secs(10);
 /// Threads the tokio blocking pool may add or retire between samples on its own (short
 /// probes of the healthy mounts, remediation state writes, path checks), beyond the hung
 /// probes. A probe started at every scan on a hung mount adds 4 per second.
@@ -494,17 +496,34 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
         .unwrap_or(0.0);
     }
     assert!(timeouts >= 1.0, "no probe of the stopped FUSE mount hung");
-    // Probes that hang now: the stopped FUSE mount's (one thread for it, not one per scan).
-    let hung_probes = 1;
+    // Let every probe that is going to time out do so, then count them: each holds a thread.
+    std::thread::sleep(4 * SCAN);
+    let timeouts_before = metric_with(
+        &agent.metrics(),
+        "bindsto_confirm_probes_total{outcome=\"timeout\"}",
+    )
+    .unwrap_or(0.0);
+    let hung_probes = timeouts_before as usize;
+    eprintln!("never_blocks: {hung_probes} probe(s) hung");
     assert!(writer.is_running(), "the parked write returned");
 
     let t0 = Instant::now();
     let sampler = Sampler::start(addr, pid, t0);
-    let lat = measure(addr, || false);
+    let lat = measure(addr, || t0.elapsed() < PHASE_MIN);
     let samples = sampler.finish();
     report("hang", &lat);
     check_scans("hang", &samples);
     check_threads("hang", &samples, baseline + hung_probes + THREAD_SLACK);
+    // The hung probes are still the first ones: each reported once, none started again.
+    let timeouts = metric_with(
+        &agent.metrics(),
+        "bindsto_confirm_probes_total{outcome=\"timeout\"}",
+    );
+    assert_eq!(
+        timeouts,
+        Some(timeouts_before),
+        "probes timed out during the hang phase"
+    );
     let s = agent.status();
     assert_eq!(state(&s, "mount", &w_s), "failed", "{s:#}");
     assert_eq!(state(&s, "subsystem", "mount"), "failed", "{s:#}");
@@ -515,7 +534,8 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
     // filesystem shuts down and is unmounted, and the loop device goes away for real. All
     // while the requests go on.
     let churn_done = Arc::new(AtomicBool::new(false));
-    let sampler = Sampler::start(addr, pid, Instant::now());
+    let t0 = Instant::now();
+    let sampler = Sampler::start(addr, pid, t0);
     let churn = {
         let done = Arc::clone(&churn_done);
         let w = w.clone();
@@ -565,7 +585,9 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
             out.map(|()| log)
         })
     };
-    let lat = measure(addr, || !churn_done.load(Ordering::SeqCst));
+    let lat = measure(addr, || {
+        !churn_done.load(Ordering::SeqCst) || t0.elapsed() < PHASE_MIN
+    });
     let samples = sampler.finish();
     let churn_log = churn
         .join()
