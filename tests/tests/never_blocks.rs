@@ -21,7 +21,8 @@
 //! loop blocked would show in p99 (the loop's hung work lasts seconds, the bound is 100 ms). A
 //! scanner blocked by a probe, a topology read or a path check stops `bindsto_scans_total`. An
 //! engine that started a probe at every scan regardless of the one outstanding would add four
-//! threads a second on the hung mount, far past the bound within the measured window.
+//! threads a second on the hung mount, far past the bound within the measured window (checked
+//! by hand: with that change the hang phase ends at 51 threads against a bound of 11-12).
 //!
 //! Cleanup, also on panic: the stopped server gets SIGCONT, parked I/O is released, the hung
 //! mount completes and is unmounted, the loop devices are detached and the FUSE servers quit
@@ -121,6 +122,24 @@ fn has_reason(s: &Value, kind: &str, id: &str, signal: &str) -> bool {
     target(s, kind, id)
         .and_then(|t| t["reasons"].as_array())
         .is_some_and(|rs| rs.iter().any(|r| r["signal"] == signal))
+}
+
+/// `name:wchan` of each thread of `pid`: where the hung probes sleep.
+fn thread_waits(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .map(|e| {
+            let read = |f: &str| {
+                std::fs::read_to_string(e.path().join(f))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            format!("{}:{}", read("comm"), read("wchan"))
+        })
+        .collect()
 }
 
 fn threads(pid: u32) -> usize {
@@ -503,8 +522,13 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
         "bindsto_confirm_probes_total{outcome=\"timeout\"}",
     )
     .unwrap_or(0.0);
-    let hung_probes = timeouts_before as usize;
-    eprintln!("never_blocks: {hung_probes} probe(s) hung");
+    // The one mount the test made hang under the agent's probe: its thread is allowed for.
+    // (The XFS in hang mode answers statx and statfs from memory.)
+    let hung_probes = 1;
+    eprintln!(
+        "never_blocks: {timeouts_before} probe(s) timed out; agent threads: {}",
+        thread_waits(pid).join(" ")
+    );
     assert!(writer.is_running(), "the parked write returned");
 
     let t0 = Instant::now();
@@ -520,9 +544,9 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
         "bindsto_confirm_probes_total{outcome=\"timeout\"}",
     );
     assert_eq!(
-        timeouts,
-        Some(timeouts_before),
-        "probes timed out during the hang phase"
+        (timeouts_before, timeouts),
+        (1.0, Some(1.0)),
+        "probe timeouts before and after the hang phase: only the stopped FUSE mount's, once"
     );
     let s = agent.status();
     assert_eq!(state(&s, "mount", &w_s), "failed", "{s:#}");
