@@ -566,6 +566,20 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
         let dev = disk.loop_dev().display().to_string();
         let ctl = disk.control_socket().to_path_buf();
         let loop_name = loop_name.clone();
+        let w_s = w_s.clone();
+        // The agent follows each step: the mount gone, then back (a new mount id).
+        let observed = move |present: bool| -> anyhow::Result<String> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (_, body) = http_get(addr, "/status", REQUEST_TIMEOUT)?;
+                let s: Value = serde_json::from_str(&body)?;
+                if (state(&s, "mount", &w_s) != "absent") == present {
+                    return Ok(String::new());
+                }
+                anyhow::ensure!(Instant::now() < deadline, "mount seen: {}", !present);
+                std::thread::sleep(POLL);
+            }
+        };
         std::thread::spawn(move || -> Result<Vec<String>, String> {
             let mut log = Vec::new();
             let t = Instant::now();
@@ -580,11 +594,13 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
                     "umount -l",
                     run_cmd("umount", &["-l", &ws], Duration::from_secs(10)),
                 )?;
+                step("agent: mount gone", observed(false))?;
                 std::thread::sleep(Duration::from_secs(1));
                 step(
                     "mount again",
                     run_cmd("mount", &["-t", "xfs", &dev, &ws], Duration::from_secs(10)),
                 )?;
+                step("agent: mount back", observed(true))?;
                 std::thread::sleep(Duration::from_secs(1));
                 step(
                     "losetup -d",
