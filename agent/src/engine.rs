@@ -29,6 +29,11 @@ use crate::{
 };
 
 const OTHER_NAMES_MAX: usize = 1024;
+/// Mount probes (threads) outstanding at most, hung ones included. One per mount is the rule;
+/// this bounds what hung mounts that go away and come back (each a new mount id, e.g. an
+/// automounted share of a dead server) can leave behind. Above it probes wait, counted as
+/// `bindsto_confirm_probes_total{outcome="skipped"}`.
+const PROBES_OUTSTANDING_MAX: usize = 256;
 
 /// What the HTTP side reads: the last published status and the metrics registry.
 pub struct Shared {
@@ -150,6 +155,9 @@ pub struct Engine {
     blocked: Vec<InflightCall>,
     probes: Vec<ProbeStatus>,
     probe_tx: mpsc::UnboundedSender<ProbeDone>,
+    /// Probes started and not answered yet (a stale answer of a gone mount included).
+    probes_outstanding: usize,
+    probes_max: usize,
     kernel_stats_seen: [u64; 5],
     /// Names of disks outside the observed mounts that reported errors.
     other_names: BTreeMap<DevId, String>,
@@ -185,6 +193,8 @@ impl Engine {
             blocked: Vec::new(),
             probes: Vec::new(),
             probe_tx,
+            probes_outstanding: 0,
+            probes_max: PROBES_OUTSTANDING_MAX,
             kernel_stats_seen: [0; 5],
             other_names: BTreeMap::new(),
             events_lost: 0,
@@ -534,6 +544,22 @@ impl Engine {
         if o.probe_since.is_some() {
             return;
         }
+        if self.probes_outstanding >= self.probes_max {
+            if self.probes_outstanding == self.probes_max {
+                warn!(
+                    outstanding = self.probes_outstanding,
+                    "too many mount probes unanswered; new ones wait"
+                );
+            }
+            self.metrics
+                .confirm_probes
+                .get_or_create(&metrics::OutcomeLabels {
+                    outcome: "skipped".into(),
+                })
+                .inc();
+            return;
+        }
+        self.probes_outstanding += 1;
         o.probe_since = Some(Instant::now());
         o.probe_timeout_reported = false;
         let tx = self.probe_tx.clone();
@@ -550,6 +576,7 @@ impl Engine {
     }
 
     pub fn on_probe(&mut self, done: ProbeDone) {
+        self.probes_outstanding = self.probes_outstanding.saturating_sub(1);
         let now = SystemTime::now();
         let cfg = Arc::clone(&self.cfg);
         let Some(o) = self.mounts.get_mut(&done.mount_point) else {
@@ -1231,6 +1258,48 @@ mod tests {
         assert_eq!(
             target(&status(&f), "mount", "/mnt/data").state,
             State::Healthy
+        );
+    }
+
+    /// Probe results are never read here, so every probe stays outstanding, as hung ones do.
+    #[tokio::test]
+    async fn outstanding_probes_are_one_per_mount_and_capped_across_remounts() {
+        let mut f = fixture();
+        let skipped = |f: &Fixture| {
+            f.engine
+                .metrics
+                .confirm_probes
+                .get_or_create(&metrics::OutcomeLabels {
+                    outcome: "skipped".into(),
+                })
+                .get()
+        };
+        // Three mounts (/, /mnt/data, /mnt/nfs): one probe each, however many scans.
+        for _ in 0..5 {
+            f.engine.scan(None);
+        }
+        assert_eq!(f.engine.probes_outstanding, 3);
+        assert_eq!(skipped(&f), 0);
+        // /mnt/data comes back as a new mount while its probe hangs: a second one starts for
+        // the new mount, up to the cap; past it, probes wait and are counted.
+        f.engine.probes_max = 4;
+        f.engine.refresh_topology(&mountinfo(40), &|_| Some(true));
+        f.engine.scan(None);
+        assert_eq!(f.engine.probes_outstanding, 4);
+        f.engine.refresh_topology(&mountinfo(50), &|_| Some(true));
+        f.engine.scan(None);
+        f.engine.scan(None);
+        assert_eq!(f.engine.probes_outstanding, 4);
+        assert_eq!(skipped(&f), 2);
+        // An answer, even a stale one, frees a slot: the waiting mount is probed.
+        f.engine.on_probe(probe_of(30, Ok(()), None));
+        f.engine.scan(None);
+        assert_eq!(f.engine.probes_outstanding, 4);
+        assert_eq!(skipped(&f), 2);
+        assert!(
+            f.engine.mounts[Path::new("/mnt/data")]
+                .probe_since
+                .is_some()
         );
     }
 

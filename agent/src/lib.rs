@@ -16,6 +16,7 @@ pub mod gameday;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod pathcheck;
 pub mod probes;
 pub mod reload;
 pub mod remedy;

@@ -2,15 +2,10 @@
 //! the HTTP server together and drives them until shutdown.
 
 use std::{
-    collections::HashMap,
     future::Future,
     os::fd::AsFd,
-    path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc as std_mpsc,
-    },
+    path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -24,6 +19,7 @@ use crate::{
     engine::{Engine, Shared},
     events::KernelEvent,
     metrics::Metrics,
+    pathcheck::PathChecker,
     probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
     reload::{self, ConfigSource},
     remedy::Remedy,
@@ -125,35 +121,6 @@ fn all_probes(state: ProbeState, detail: &str) -> Vec<ProbeStatus> {
             })
         })
         .collect()
-}
-
-/// Checks whether a watched path exists without ever blocking on it: the check runs on its
-/// own thread, the answer is awaited for at most a second, and a path whose check is still
-/// hanging is not checked again until it returns.
-#[derive(Clone, Default)]
-struct PathChecker {
-    inner: Arc<Mutex<HashMap<PathBuf, Arc<AtomicBool>>>>,
-}
-
-impl PathChecker {
-    fn exists(&self, path: &Path) -> Option<bool> {
-        let busy = {
-            let mut m = self.inner.lock().ok()?;
-            Arc::clone(m.entry(path.to_path_buf()).or_default())
-        };
-        if busy.swap(true, Ordering::SeqCst) {
-            return None;
-        }
-        let (tx, rx) = std_mpsc::channel();
-        let p = path.to_path_buf();
-        let flag = Arc::clone(&busy);
-        std::thread::spawn(move || {
-            let r = std::fs::symlink_metadata(&p).is_ok();
-            flag.store(false, Ordering::SeqCst);
-            let _ = tx.send(r);
-        });
-        rx.recv_timeout(Duration::from_secs(1)).ok()
-    }
 }
 
 /// Notifies on every mount table change (mountinfo signals POLLPRI), from its own thread.

@@ -53,6 +53,15 @@ impl Notifier {
             addr: path.to_string(),
             source,
         })?;
+        // A datagram to a receiver that stopped reading (a stuck PID 1) waits for room in its
+        // queue; a notification that cannot go now is dropped instead (EAGAIN, logged), so
+        // the task sending it never stalls.
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| NotifyError::Send {
+                addr: path.to_string(),
+                source,
+            })?;
         Ok(Notifier {
             socket,
             addr,
@@ -192,6 +201,25 @@ mod tests {
         let n = Notifier::connect(path.to_str().expect("utf8"), None).expect("connect");
         let err = n.watchdog_ping().expect_err("nobody listens");
         assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn a_receiver_that_stops_reading_never_blocks_the_sender() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let _server = UnixDatagram::bind(&path).expect("bind");
+        let n = Notifier::connect(path.to_str().expect("utf8"), None).expect("connect");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // On its own thread: a blocking send would hang here, and the test fails instead.
+        std::thread::spawn(move || {
+            let full = (0..100_000).find_map(|_| n.watchdog_ping().err());
+            let _ = tx.send(full.map(|e| e.to_string()));
+        });
+        let err = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the sender blocked on a full queue")
+            .expect("the queue never filled up");
+        assert!(err.contains("notify"), "{err}");
     }
 
     #[test]

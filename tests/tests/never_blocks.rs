@@ -1,0 +1,676 @@
+//! The agent never blocks on the storage it watches (issue 7, item 1).
+//!
+//! Real agent binary, real kernel: a critical watch on an XFS over a FUSE-backed loop device in
+//! hang mode with a direct write parked on it (the device stalls, `/healthz` answers 503), a
+//! `mount -t xfs` hanging inside `mount(2)` on a second faulty disk, and that disk's FUSE server
+//! stopped (SIGSTOP) under a second watch, so the agent's own `statfs` probe of it never
+//! returns. While that lasts, and then while the watched mount is lazily unmounted, mounted
+//! again, its loop device detached and the filesystem failed and unmounted:
+//!
+//! - `/healthz`, `/status` and `/metrics` answer within 100 ms at p99 (1,000 sequential
+//!   requests each, a fresh connection per request, as a load balancer or Prometheus makes
+//!   them; the three endpoints are interleaved so each one spans the whole phase);
+//! - the scanner keeps its interval (`bindsto_scans_total` advances as `window / interval`
+//!   says, and never stands still for a second);
+//! - the agent's thread count stays bounded: the hung probe holds one thread, and no new
+//!   thread is started for it at every scan.
+//!
+//! Why this fails when the property breaks: a handler that touched the watched storage (a
+//! `statfs` of a watched mount, say) would hang on the stopped FUSE server and the request
+//! would time out (every request must answer); one that waited for the engine's loop while the
+//! loop blocked would show in p99 (the loop's hung work lasts seconds, the bound is 100 ms). A
+//! scanner blocked by a probe, a topology read or a path check stops `bindsto_scans_total`. An
+//! engine that started a probe at every scan regardless of the one outstanding would add four
+//! threads a second on the hung mount, far past the bound within the measured window (checked
+//! by hand: with that change the hang phase ends at 51 threads against a bound of 11-12).
+//!
+//! Cleanup, also on panic: the stopped server gets SIGCONT, parked I/O is released, the hung
+//! mount completes and is unmounted, the loop devices are detached and the FUSE servers quit
+//! (fixtures' Drop; only the devices and mounts this test made).
+//!
+//! Needs root. Run: `cargo build -p bindsto && cargo test -p bindsto-tests --test never_blocks
+//! -- --test-threads=1 --nocapture`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bindsto_tests::{
+    Agent, BgProcess, FaultyDisk, Mode, XfsMount, faultyfs_bin, http_get, privileged,
+    proc::run_cmd, sys::mounts_at,
+};
+use serde_json::Value;
+
+const SIZE_MB: u64 = 300;
+const SCAN: Duration = Duration::from_millis(250);
+const REQUESTS: usize = 1000;
+const P99_MAX: Duration = Duration::from_millis(100);
+/// Every request must answer; one that takes this long is a hang, not a slow answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const ENDPOINTS: [&str; 3] = ["/healthz", "/status", "/metrics"];
+const POLL: Duration = Duration::from_millis(50);
+/// Each phase lasts at least this long (40 scans), however fast the requests are answered.
+const PHASE_MIN: Duration = Duration::from_secs(10);
+/// Threads the tokio blocking pool may add or retire between samples on its own (short
+/// probes of the healthy mounts, remediation state writes, path checks), beyond the hung
+/// probes. A probe started at every scan on a hung mount adds 4 per second.
+const THREAD_SLACK: usize = 4;
+
+fn faulty_disk() -> FaultyDisk {
+    FaultyDisk::with_binary(faultyfs_bin!(), SIZE_MB).expect("FaultyDisk")
+}
+
+fn config(watch: &Path, fuse_watch: &Path, state_dir: &Path) -> String {
+    format!(
+        r#"listen = "127.0.0.1:9842"
+dry_run = true
+
+[detect]
+scan_interval = "250ms"
+io_stall_after = "1s"
+mount_blocked_after = "1s"
+probe_timeout = "500ms"
+fstypes = ["xfs"]
+
+[[watch]]
+path = "{watch}"
+critical = true
+
+# A FUSE mount whose server will be stopped: the agent's statfs probe of it hangs for good.
+[[watch]]
+path = "{fuse}"
+critical = false
+
+# The ladder runs (dry run) during the hang: its state writes must not get in the way either.
+[remediate]
+actions = ["exec"]
+hold_down = "1s"
+state_dir = "{state}"
+
+[remediate.exec]
+command = ["/bin/true"]
+"#,
+        watch = watch.display(),
+        fuse = fuse_watch.display(),
+        state = state_dir.display(),
+    )
+}
+
+fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
+    s["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["kind"] == kind && t["id"] == id)
+}
+
+fn state(s: &Value, kind: &str, id: &str) -> String {
+    target(s, kind, id)
+        .and_then(|t| t["state"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+fn has_reason(s: &Value, kind: &str, id: &str, signal: &str) -> bool {
+    target(s, kind, id)
+        .and_then(|t| t["reasons"].as_array())
+        .is_some_and(|rs| rs.iter().any(|r| r["signal"] == signal))
+}
+
+/// `name:wchan` of each thread of `pid`: where the hung probes sleep.
+fn thread_waits(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .map(|e| {
+            let read = |f: &str| {
+                std::fs::read_to_string(e.path().join(f))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            format!("{}:{}", read("comm"), read("wchan"))
+        })
+        .collect()
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The value of an unlabelled sample in an OpenMetrics text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn metric_with(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+}
+
+/// What the sampler saw at one moment.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Duration,
+    threads: usize,
+    scans: Option<u64>,
+}
+
+/// Samples the agent's thread count and its scan counter every 100 ms on its own thread.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<Sample>>>,
+}
+
+impl Sampler {
+    fn start(addr: SocketAddr, pid: u32, t0: Instant) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                let threads = threads(pid);
+                let scans = http_get(addr, "/metrics", REQUEST_TIMEOUT)
+                    .ok()
+                    .and_then(|(_, body)| metric(&body, "bindsto_scans_total"))
+                    .map(|v| v as u64);
+                out.push(Sample {
+                    at: t0.elapsed(),
+                    threads,
+                    scans,
+                });
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            out
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Latencies of one endpoint.
+struct Latencies {
+    endpoint: &'static str,
+    ms: Vec<f64>,
+}
+
+impl Latencies {
+    fn quantile(&self, q: f64) -> f64 {
+        let mut v = self.ms.clone();
+        v.sort_by(f64::total_cmp);
+        let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
+    }
+
+    fn max(&self) -> f64 {
+        self.ms.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// Sequential GETs, a fresh connection each, round-robin over the three endpoints, until each
+/// has had `REQUESTS` and `more` says to stop. Every request must answer (a timeout or a
+/// refused connection panics) with the code its endpoint may give.
+fn measure(addr: SocketAddr, more: impl Fn() -> bool) -> Vec<Latencies> {
+    let mut out: Vec<Latencies> = ENDPOINTS
+        .iter()
+        .map(|&endpoint| Latencies {
+            endpoint,
+            ms: Vec::with_capacity(REQUESTS),
+        })
+        .collect();
+    let mut round = 0usize;
+    while round < REQUESTS || more() {
+        for l in &mut out {
+            let t = Instant::now();
+            let (code, body) = http_get(addr, l.endpoint, REQUEST_TIMEOUT).unwrap_or_else(|e| {
+                panic!("GET {} (round {round}) did not answer: {e:#}", l.endpoint)
+            });
+            l.ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let ok = match l.endpoint {
+                "/healthz" => code == 200 || code == 503,
+                _ => code == 200,
+            };
+            assert!(
+                ok && !body.is_empty(),
+                "GET {} -> {code}: {body}",
+                l.endpoint
+            );
+        }
+        round += 1;
+    }
+    out
+}
+
+fn report(phase: &str, lat: &[Latencies]) {
+    for l in lat {
+        let name = l.endpoint.trim_start_matches('/');
+        eprintln!(
+            "LATENCY never_blocks_{phase}_{name}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
+             ({} requests)",
+            l.quantile(0.5),
+            l.quantile(0.99),
+            l.max(),
+            l.ms.len()
+        );
+    }
+    for l in lat {
+        let p99 = l.quantile(0.99);
+        assert!(
+            l.ms.len() >= REQUESTS,
+            "{phase}: only {} requests to {}",
+            l.ms.len(),
+            l.endpoint
+        );
+        assert!(
+            p99 < P99_MAX.as_secs_f64() * 1e3,
+            "{phase}: GET {} p99 {p99:.1} ms (bound {P99_MAX:?})",
+            l.endpoint
+        );
+    }
+}
+
+/// The scanner kept its interval over the samples: scans advanced as `window / SCAN` says
+/// (within 25 %), and never stood still for a whole second.
+fn check_scans(phase: &str, samples: &[Sample]) {
+    let seen: Vec<(Duration, u64)> = samples
+        .iter()
+        .filter_map(|s| s.scans.map(|n| (s.at, n)))
+        .collect();
+    assert!(seen.len() >= 10, "{phase}: too few scan samples: {seen:?}");
+    let (first, last) = (seen[0], seen[seen.len() - 1]);
+    let window = last.0 - first.0;
+    let scans = last.1 - first.1;
+    let expected = window.as_secs_f64() / SCAN.as_secs_f64();
+    let mut longest_still = Duration::ZERO;
+    let mut since = first;
+    for &(at, n) in &seen[1..] {
+        if n != since.1 {
+            since = (at, n);
+        }
+        longest_still = longest_still.max(at - since.0);
+    }
+    eprintln!(
+        "SCANS never_blocks_{phase}: {scans} scans in {:.1} s (expected {expected:.1} at \
+         {SCAN:?}), longest without a scan {longest_still:?}",
+        window.as_secs_f64()
+    );
+    assert!(
+        (scans as f64) >= 0.75 * expected && (scans as f64) <= 1.25 * expected + 2.0,
+        "{phase}: {scans} scans in {window:?}, expected about {expected:.0}"
+    );
+    assert!(
+        longest_still < Duration::from_secs(1),
+        "{phase}: the scanner stood still for {longest_still:?}"
+    );
+}
+
+/// The thread count stayed within `bound` and did not creep up over the phase.
+fn check_threads(phase: &str, samples: &[Sample], bound: usize) {
+    let counts: Vec<usize> = samples.iter().map(|s| s.threads).collect();
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let third = (counts.len() / 3).max(1);
+    let early = counts[..third].iter().copied().max().unwrap_or(0);
+    let late = counts[counts.len() - third..]
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "THREADS never_blocks_{phase}: max {max} (first third {early}, last third {late}), \
+         bound {bound}, over {} samples in {:.1} s",
+        counts.len(),
+        samples
+            .last()
+            .map_or(0.0, |s| (s.at - samples[0].at).as_secs_f64())
+    );
+    assert!(max <= bound, "{phase}: {max} threads, bound {bound}");
+    assert!(
+        late <= early + 2,
+        "{phase}: the thread count grew from {early} to {late}"
+    );
+}
+
+/// A `mount -t xfs` of a faulty disk in hang mode, blocked inside `mount(2)`, whose FUSE
+/// server may be stopped. Drop (also on panic): SIGCONT to the server, the disk back to
+/// `pass`, the mount allowed to finish, then unmounted if it got mounted (only a mount of
+/// this disk at this test's own directory).
+struct HungMount<'d> {
+    disk: &'d FaultyDisk,
+    target: PathBuf,
+    source: String,
+    mounter: Option<BgProcess>,
+    server_stopped: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl<'d> HungMount<'d> {
+    fn start(disk: &'d FaultyDisk) -> Self {
+        bindsto_tests::xfs::mkfs_xfs(disk, &[]).expect("mkfs.xfs");
+        let dir = tempfile::Builder::new()
+            .prefix("bindsto-hung-mnt-")
+            .tempdir()
+            .expect("mount point");
+        let target = dir.path().canonicalize().expect("canonical mount point");
+        let mut m = HungMount {
+            disk,
+            target,
+            source: disk.loop_dev().display().to_string(),
+            mounter: None,
+            server_stopped: false,
+            _dir: dir,
+        };
+        disk.set_mode(Mode::Hang).expect("hang mode");
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "xfs", &m.source]).arg(&m.target);
+        m.mounter = Some(BgProcess::spawn(cmd).expect("mount"));
+        m
+    }
+
+    fn pid(&self) -> u32 {
+        self.mounter.as_ref().map_or(0, BgProcess::pid)
+    }
+
+    /// Stops the FUSE server: from here on nothing on that FUSE mount answers, metadata
+    /// included (a FUSE daemon that is gone, as a dead network filesystem would be).
+    fn stop_server(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.disk.faultyfs_pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP faultyfs");
+        self.server_stopped = true;
+    }
+
+    fn cont_server(&mut self) {
+        if std::mem::take(&mut self.server_stopped) {
+            let pid = nix::unistd::Pid::from_raw(self.disk.faultyfs_pid() as i32);
+            if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT) {
+                eprintln!("never_blocks: SIGCONT to faultyfs {pid}: {e}");
+            }
+        }
+    }
+
+    fn mounted(&self) -> bool {
+        mounts_at(&self.target)
+            .iter()
+            .any(|e| e.source == self.source)
+    }
+}
+
+impl Drop for HungMount<'_> {
+    fn drop(&mut self) {
+        self.cont_server();
+        if let Err(e) = self.disk.set_mode(Mode::Pass) {
+            eprintln!("never_blocks: HungMount drop: pass: {e:#}");
+        }
+        if let Some(m) = self.mounter.as_mut()
+            && m.wait_timeout(Duration::from_secs(30)).is_none()
+        {
+            eprintln!("never_blocks: HungMount drop: mount still running after the release");
+        }
+        if self.mounted() {
+            let t = self.target.display().to_string();
+            if run_cmd("umount", &[&t], Duration::from_secs(30)).is_err() {
+                let _ = run_cmd("umount", &["-l", &t], Duration::from_secs(30));
+            }
+        }
+        // A mounter still running is killed by its own Drop.
+        self.mounter.take();
+    }
+}
+
+#[test]
+fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
+    let _g = privileged();
+    let t_test = Instant::now();
+    let disk = faulty_disk();
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let w = xfs.path().to_path_buf();
+    let w_s = w.display().to_string();
+    let loop_name = disk.loop_name();
+    let disk2 = faulty_disk();
+    let state_dir = tempfile::Builder::new()
+        .prefix("bindsto-state-")
+        .tempdir()
+        .expect("state dir");
+    let fuse2 = disk2.fuse_mountpoint().to_path_buf();
+    let fuse2_s = fuse2.display().to_string();
+    let mut agent = Agent::start(&config(&w, &fuse2, state_dir.path()));
+    let addr = agent.addr();
+    let pid = agent.pid();
+    agent
+        .wait_for(Duration::from_secs(15), POLL, |s| {
+            state(s, "mount", &w_s) == "healthy" && state(s, "mount", &fuse2_s) == "healthy"
+        })
+        .unwrap_or_else(|e| panic!("the agent never observed both watches: {e}"));
+
+    // Baseline: threads over 8 scans with everything healthy.
+    let t0 = Instant::now();
+    let sampler = Sampler::start(addr, pid, t0);
+    std::thread::sleep(8 * SCAN);
+    let before = sampler.finish();
+    let baseline = before.iter().map(|s| s.threads).max().unwrap_or(0);
+    eprintln!("THREADS never_blocks_baseline: {baseline}");
+
+    // (a) The hang: a direct write parked on the watched XFS (it keeps the file, so the
+    // mount, referenced), a mount(2) blocked on the second disk, that disk's server stopped.
+    disk.set_mode(Mode::Hang).expect("hang mode");
+    let mut writer = BgProcess::sh(&format!(
+        "exec dd if=/dev/zero of={w_s}/parked bs=64k count=16 oflag=direct 2>&1"
+    ))
+    .expect("writer");
+    agent
+        .wait_for(Duration::from_secs(15), POLL, |s| {
+            has_reason(s, "device", &loop_name, "io_stall") && state(s, "mount", &w_s) == "failed"
+        })
+        .unwrap_or_else(|e| panic!("the parked write is no stall: {e}"));
+    assert_eq!(agent.healthz().0, 503, "a failed critical watch is a 503");
+
+    let mut hung = HungMount::start(&disk2);
+    let hung_target = hung.target.display().to_string();
+    let hung_pid = u64::from(hung.pid());
+    agent
+        .wait_for(Duration::from_secs(15), POLL, |s| {
+            s["blocked_mount_calls"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["target"] == hung_target.as_str() && c["pid"] == hung_pid)
+            })
+        })
+        .unwrap_or_else(|e| panic!("the hung mount(2) is not listed: {e}"));
+    hung.stop_server();
+    // The agent's probe of the stopped FUSE mount (statfs goes to the server) never returns:
+    // past probe_timeout it is counted as timed out, and stays outstanding.
+    let mut timeouts = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while timeouts < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+        timeouts = metric_with(
+            &agent.metrics(),
+            "bindsto_confirm_probes_total{outcome=\"timeout\"}",
+        )
+        .unwrap_or(0.0);
+    }
+    assert!(timeouts >= 1.0, "no probe of the stopped FUSE mount hung");
+    // Let every probe that is going to time out do so, then count them: each holds a thread.
+    std::thread::sleep(4 * SCAN);
+    let timeouts_before = metric_with(
+        &agent.metrics(),
+        "bindsto_confirm_probes_total{outcome=\"timeout\"}",
+    )
+    .unwrap_or(0.0);
+    // The one mount the test made hang under the agent's probe: its thread is allowed for.
+    // (The XFS in hang mode answers statx and statfs from memory.)
+    let hung_probes = 1;
+    eprintln!(
+        "never_blocks: {timeouts_before} probe(s) timed out; agent threads: {}",
+        thread_waits(pid).join(" ")
+    );
+    assert!(writer.is_running(), "the parked write returned");
+
+    let t0 = Instant::now();
+    let sampler = Sampler::start(addr, pid, t0);
+    let lat = measure(addr, || t0.elapsed() < PHASE_MIN);
+    let samples = sampler.finish();
+    report("hang", &lat);
+    check_scans("hang", &samples);
+    check_threads("hang", &samples, baseline + hung_probes + THREAD_SLACK);
+    // The hung probes are still the first ones: each reported once, none started again.
+    let timeouts = metric_with(
+        &agent.metrics(),
+        "bindsto_confirm_probes_total{outcome=\"timeout\"}",
+    );
+    assert_eq!(
+        (timeouts_before, timeouts),
+        (1.0, Some(1.0)),
+        "probe timeouts before and after the hang phase: only the stopped FUSE mount's, once"
+    );
+    let s = agent.status();
+    assert_eq!(state(&s, "mount", &w_s), "failed", "{s:#}");
+    assert_eq!(state(&s, "subsystem", "mount"), "failed", "{s:#}");
+
+    // (b) The watched mount is removed (lazily: the parked write still holds it), mounted
+    // again (the superblock is still alive, so this returns at once), its loop device
+    // detached (busy: the kernel detaches it at the last close), then the disk fails, the
+    // filesystem shuts down and is unmounted, and the loop device goes away for real. All
+    // while the requests go on.
+    let churn_done = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let sampler = Sampler::start(addr, pid, t0);
+    let churn = {
+        let done = Arc::clone(&churn_done);
+        let w = w.clone();
+        let dev = disk.loop_dev().display().to_string();
+        let ctl = disk.control_socket().to_path_buf();
+        let loop_name = loop_name.clone();
+        let w_s = w_s.clone();
+        // The agent follows each step: the mount gone, then back (a new mount id).
+        let observed = move |present: bool| -> anyhow::Result<String> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (_, body) = http_get(addr, "/status", REQUEST_TIMEOUT)?;
+                let s: Value = serde_json::from_str(&body)?;
+                if (state(&s, "mount", &w_s) != "absent") == present {
+                    return Ok(String::new());
+                }
+                anyhow::ensure!(Instant::now() < deadline, "mount seen: {}", !present);
+                std::thread::sleep(POLL);
+            }
+        };
+        std::thread::spawn(move || -> Result<Vec<String>, String> {
+            let mut log = Vec::new();
+            let t = Instant::now();
+            let mut step = |what: &str, r: anyhow::Result<String>| -> Result<(), String> {
+                log.push(format!("{:>6.2}s {what}", t.elapsed().as_secs_f64()));
+                r.map(|_| ()).map_err(|e| format!("{what}: {e:#}"))
+            };
+            let ws = w.display().to_string();
+            let out = (|| {
+                std::thread::sleep(Duration::from_secs(1));
+                step(
+                    "umount -l",
+                    run_cmd("umount", &["-l", &ws], Duration::from_secs(10)),
+                )?;
+                step("agent: mount gone", observed(false))?;
+                std::thread::sleep(Duration::from_secs(1));
+                step(
+                    "mount again",
+                    run_cmd("mount", &["-t", "xfs", &dev, &ws], Duration::from_secs(10)),
+                )?;
+                step("agent: mount back", observed(true))?;
+                std::thread::sleep(Duration::from_secs(1));
+                step(
+                    "losetup -d",
+                    run_cmd("losetup", &["-d", &dev], Duration::from_secs(10)),
+                )?;
+                std::thread::sleep(Duration::from_secs(1));
+                step("disk fails", control(&ctl, "error"))?;
+                std::thread::sleep(Duration::from_secs(1));
+                step("umount", run_cmd("umount", &[&ws], Duration::from_secs(20)))?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while bindsto_tests::sys::loop_backing_file(&loop_name).is_some() {
+                    if Instant::now() >= deadline {
+                        return Err(format!("/dev/{loop_name} still attached"));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                step("loop device gone", Ok(String::new()))?;
+                std::thread::sleep(Duration::from_secs(1));
+                Ok(())
+            })();
+            done.store(true, Ordering::SeqCst);
+            out.map(|()| log)
+        })
+    };
+    let lat = measure(addr, || {
+        !churn_done.load(Ordering::SeqCst) || t0.elapsed() < PHASE_MIN
+    });
+    let samples = sampler.finish();
+    let churn_log = churn
+        .join()
+        .expect("churn thread")
+        .unwrap_or_else(|e| panic!("the churn failed: {e}"));
+    eprintln!("churn: {}", churn_log.join("; "));
+    report("churn", &lat);
+    check_scans("churn", &samples);
+    check_threads("churn", &samples, baseline + hung_probes + THREAD_SLACK);
+
+    // The agent followed all of it: the failed filesystem gone, the watch on the directory
+    // left behind, the blocked mount still listed.
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            state(s, "mount", &w_s) == "absent" && state(s, "device", &loop_name) == "absent"
+        })
+        .unwrap_or_else(|e| panic!("the agent still shows the removed mount: {e}"));
+    assert!(writer.wait_timeout(Duration::from_secs(10)).is_some());
+    let s = agent.status();
+    assert!(
+        s["blocked_mount_calls"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["pid"] == hung_pid)),
+        "{s:#}"
+    );
+    assert!(agent.is_running(), "the agent is still up");
+    drop(hung);
+    drop(agent);
+    eprintln!(
+        "never_blocks: whole test {:.1} s",
+        t_test.elapsed().as_secs_f64()
+    );
+}
+
+/// One faultyfs control command (the fixture's own `control` needs the disk, which the churn
+/// thread does not own).
+fn control(sock: &Path, cmd: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(s, "{cmd}")?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    anyhow::ensure!(line.starts_with("ok"), "faultyfs answered {line:?}");
+    Ok(line)
+}
