@@ -73,21 +73,39 @@ pub fn assess(
     (out, drop)
 }
 
-/// Reads the maps, drops leaked entries and returns the per-device verdicts.
+/// Reads the maps, drops leaked entries and returns the per-device verdicts. Entries of devices
+/// that no longer exist (`exists` is false: a removed dm device) are dropped from both maps, or
+/// they would stay for good and fill them.
 pub fn scan(
     inflight: &mut HashMap<MapData, RqKey, RqVal>,
-    done: &HashMap<MapData, u32, BioDone>,
+    done: &mut HashMap<MapData, u32, BioDone>,
     now_ns: u64,
     leak_after: Duration,
+    exists: &dyn Fn(DevId) -> bool,
 ) -> BTreeMap<DevId, BioInflight> {
+    let done_all: Vec<(u32, BioDone)> = done.iter().flatten().collect();
+    let gone_done: Vec<u32> = done_all
+        .iter()
+        .map(|(d, _)| *d)
+        .filter(|d| !exists(DevId::from_kernel(*d)))
+        .collect();
+    for d in &gone_done {
+        let _ = done.remove(d);
+    }
     let entries: Vec<(RqKey, RqVal)> = inflight.iter().flatten().collect();
     if entries.is_empty() {
         return BTreeMap::new();
     }
-    let done: BTreeMap<u32, BioDone> = done.iter().flatten().collect();
+    let (entries, gone): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(k, _)| exists(DevId::from_kernel(k.dev)));
+    let done: BTreeMap<u32, BioDone> = done_all
+        .into_iter()
+        .filter(|(d, _)| !gone_done.contains(d))
+        .collect();
     let (out, leaked) = assess(&entries, &done, now_ns, leak_after);
-    for k in leaked {
-        let _ = inflight.remove(&k);
+    for k in leaked.iter().chain(gone.iter().map(|(k, _)| k)) {
+        let _ = inflight.remove(k);
     }
     out
 }
