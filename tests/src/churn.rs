@@ -65,7 +65,7 @@ impl<'i> LoopXfs<'i> {
         if !dev.starts_with("/dev/loop") {
             bail!("losetup printed {out:?}");
         }
-        let mut m = LoopXfs {
+        let m = LoopXfs {
             image,
             loop_dev: Some(dev.clone()),
             mount_point: mount_point.to_path_buf(),

@@ -6,9 +6,9 @@
 //!
 //! | in one busy hour | count | the test |
 //! |---|---|---|
-//! | volumes mounted and unmounted (tasks with EBS/EFS volumes come and go) | ~60 | `CYCLES` x `IMAGES` x `MOUNTS_PER_IMAGE` (+ warm-up) >= 120 XFS loop mounts attached, mounted, written, unmounted, detached; a watch with `require_mountpoint` goes watched/unwatched with them |
-//! | XFS shutdowns | a few | one `xfs_io -x -c shutdown` per cycle (>= 12) |
-//! | block requests in flight at a time | thousands | 10,000 request-map entries per cycle (>= 120,000 in all), plus a map filled to capacity |
+//! | volumes mounted and unmounted (tasks with EBS/EFS volumes come and go) | ~60 | `CYCLES` x `IMAGES` x `MOUNTS_PER_IMAGE` (+ warm-up and map fills) = 257 XFS loop mounts attached, mounted, written, unmounted, detached; a watch with `require_mountpoint` goes watched/unwatched with them |
+//! | XFS shutdowns | a few | one `xfs_io -x -c shutdown` per cycle (21) |
+//! | block requests in flight at a time | thousands | 10,000 request-map entries per cycle (210,000 in all), plus the map filled to capacity (65,536) five times |
 //! | I/O error storm of a dying disk | ~100k events | a FaultyDisk in error mode under fio every cycle, the agent frozen (SIGSTOP) during some so the ring buffer overruns |
 //! | lost RPC task ends (NFS) | rare | 1,000 stale RPC entries per cycle |
 //! | scrapes (Prometheus 15 s, load balancer 5 s) | ~1,000 | `/metrics`, `/status`, `/healthz` back to back the whole time (several thousand) |
@@ -19,7 +19,8 @@
 //! tracepoints would; likewise stale `RPC_INFLIGHT` entries (the host has no NFS client).
 //!
 //! Needs root. Run: `cargo build -p bindsto && cargo test -p bindsto-tests --test soak --
-//! --nocapture`. Prints `SOAK ...` lines with the memory figures.
+//! --nocapture` (`BINDSTO_SOAK_CYCLES=200` for a longer soak, not in CI). Prints `SOAK ...`
+//! lines with the memory figures.
 
 use std::{
     path::{Path, PathBuf},
@@ -38,8 +39,16 @@ use bindsto_tests::{
     faultyfs_bin, http_get, privileged,
 };
 
-/// Churn cycles after warm-up.
-const CYCLES: usize = 10;
+/// Churn cycles after warm-up; `BINDSTO_SOAK_CYCLES` runs a longer soak (about 9 s a cycle).
+const CYCLES: usize = 20;
+
+fn cycles() -> usize {
+    std::env::var("BINDSTO_SOAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= CYCLES)
+        .unwrap_or(CYCLES)
+}
 /// Images mounted in turn in each cycle.
 const IMAGES: usize = 3;
 /// Mount/unmount rounds of each image per cycle.
@@ -492,7 +501,8 @@ fn an_hour_of_churn_ends_with_memory_where_it_started() {
         warm_metrics.len()
     );
 
-    for cycle in 1..=CYCLES {
+    let cycles = cycles();
+    for cycle in 1..=cycles {
         soak.cycle(cycle);
         let m = mem(pid);
         println!(
@@ -522,7 +532,7 @@ fn an_hour_of_churn_ends_with_memory_where_it_started() {
         soak.shutdowns,
         soak.entries,
         soak.rpc_entries,
-        CYCLES + 1,
+        cycles + 1,
         soak.freezes,
         requests,
         failures
@@ -541,6 +551,18 @@ fn an_hour_of_churn_ends_with_memory_where_it_started() {
         end_threads
     );
 
+    let io_errors = metric(
+        &metrics,
+        &format!(
+            "bindsto_block_io_errors_total{{device=\"{}\"}}",
+            faulty.loop_name()
+        ),
+    );
+    println!(
+        "SOAK floods: {io_errors} I/O errors counted on {}, {} events lost (counted)",
+        faulty.loop_name(),
+        metric(&metrics, "bindsto_events_lost_total")
+    );
     // At least an hour's worth (see the table above).
     assert!(soak.mounts >= 120, "{} mounts", soak.mounts);
     assert!(soak.entries >= 100_000, "{} entries", soak.entries);

@@ -73,6 +73,16 @@ pub fn assess(
     (out, drop)
 }
 
+/// Splits entries into those of devices that exist and those of devices that went away.
+fn split_gone(
+    entries: Vec<(RqKey, RqVal)>,
+    exists: &dyn Fn(DevId) -> bool,
+) -> (Vec<(RqKey, RqVal)>, Vec<(RqKey, RqVal)>) {
+    entries
+        .into_iter()
+        .partition(|(k, _)| exists(DevId::from_kernel(k.dev)))
+}
+
 /// Reads the maps, drops leaked entries and returns the per-device verdicts. Entries of devices
 /// that no longer exist (`exists` is false: a removed dm device) are dropped from both maps, or
 /// they would stay for good and fill them.
@@ -96,9 +106,7 @@ pub fn scan(
     if entries.is_empty() {
         return BTreeMap::new();
     }
-    let (entries, gone): (Vec<_>, Vec<_>) = entries
-        .into_iter()
-        .partition(|(k, _)| exists(DevId::from_kernel(k.dev)));
+    let (entries, gone) = split_gone(entries, exists);
     let done: BTreeMap<u32, BioDone> = done_all
         .into_iter()
         .filter(|(d, _)| !gone_done.contains(d))
@@ -129,6 +137,20 @@ mod tests {
                 nr_sector: 0,
             },
         )
+    }
+
+    #[test]
+    fn entries_of_a_device_that_went_away_are_split_off() {
+        let here = 253 << 20;
+        let gone = (253 << 20) | 7;
+        let (kept, dropped) = split_gone(
+            vec![entry(here, 8, S), entry(gone, 8, S), entry(gone, 16, S)],
+            &|d| d == DevId::from_kernel(here),
+        );
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0.dev, here);
+        assert_eq!(dropped.len(), 2);
+        assert!(dropped.iter().all(|(k, _)| k.dev == gone));
     }
 
     #[test]
