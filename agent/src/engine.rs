@@ -138,6 +138,9 @@ struct Device {
     inflight: u64,
     oldest_inflight: Duration,
     stalled: bool,
+    /// It has series in the per-device counters (kept after it stops being observed, until
+    /// the disk goes away).
+    series: bool,
 }
 
 pub struct Engine {
@@ -429,6 +432,7 @@ impl Engine {
                     inflight: 0,
                     oldest_inflight: Duration::ZERO,
                     stalled: false,
+                    series: false,
                 },
             };
             self.devices.insert(name, d);
@@ -439,7 +443,9 @@ impl Engine {
             self.metrics.inflight_oldest.remove(&l);
             self.metrics.inflight_requests.remove(&l);
             // Its counters stay while the disk exists (it may come back); see below.
-            self.series_devices.entry(name).or_insert(d.dev);
+            if d.series {
+                self.series_devices.entry(name).or_insert(d.dev);
+            }
         }
         self.forget_gone_device_series();
     }
@@ -453,10 +459,12 @@ impl Engine {
             .iter()
             .filter(|(name, dev)| {
                 !self.devices.contains_key(*name)
-                    && self
-                        .sysfs
-                        .block_device(**dev)
-                        .is_none_or(|b| &b.name != *name)
+                    && self.sysfs.block_device(**dev).is_none_or(|b| {
+                        // A detached loop device keeps its sysfs entry, with no size.
+                        &b.name != *name
+                            || std::fs::read_to_string(b.sysfs_dir.join("size"))
+                                .is_ok_and(|s| s.trim() == "0")
+                    })
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -474,7 +482,11 @@ impl Engine {
     /// Whether `name` may have its own series in the per-device counters: observed devices
     /// always, other disks up to `DEVICE_SERIES_MAX` (counted when full).
     fn device_series(&mut self, name: &str, dev: DevId) -> bool {
-        if self.devices.contains_key(name) || self.series_devices.contains_key(name) {
+        if let Some(d) = self.devices.get_mut(name) {
+            d.series = true;
+            return true;
+        }
+        if self.series_devices.contains_key(name) {
             return true;
         }
         if self.series_devices.len() >= limits::DEVICE_SERIES_MAX {
@@ -700,7 +712,10 @@ impl Engine {
             }
             Err(e) => debug!(mount = %done.mount_point.display(), error = %e, "probe failed"),
             Ok(()) => {
-                o.answered_since_ns = Some(o.probe_started_ns);
+                // statfs went to the server (statx may have come from the attribute cache).
+                if outcome.usage.is_some() {
+                    o.answered_since_ns = Some(o.probe_started_ns);
+                }
                 transitions.extend(o.target.clear(Signal::NfsStall, now));
             }
         }
@@ -870,7 +885,7 @@ impl Engine {
         // Requests of disks outside the observed mounts: nobody judges them, but entries that
         // lost their completion (or whose disk went away, a detached loop device) would fill
         // the map for good. Same rule as above: nothing in flight per sysfs, entry leaked.
-        if let Some(rq) = rq.as_deref_mut() {
+        if let Some(rq) = rq {
             let observed: BTreeSet<DevId> = self.devices.values().map(|d| d.dev).collect();
             for dev in by_dev.keys().filter(|d| !observed.contains(d)) {
                 let read_ns = scanner::monotonic_ns();
@@ -1507,6 +1522,16 @@ mod tests {
         f.engine.refresh_topology(&mountinfo(30), &|_| Some(true));
         let text = f.engine.metrics.encode();
         assert_eq!(series(&text), 1, "{text}");
+        assert!(f.engine.series_devices.is_empty());
+        // The observed disk's series outlives its mount while the disk exists...
+        let without_data = "22 1 254:0 / / rw - ext4 /dev/vda rw\n";
+        f.engine.refresh_topology(without_data, &|_| Some(true));
+        assert_eq!(series(&f.engine.metrics.encode()), 1);
+        // ...and goes with it (a detached loop device keeps its directory with size 0).
+        let dir = f.sysfs_root.join("devices/virtual/block/loop0");
+        fs::write(dir.join("size"), "0\n").unwrap();
+        f.engine.refresh_topology(without_data, &|_| Some(true));
+        assert_eq!(series(&f.engine.metrics.encode()), 0);
         assert!(f.engine.series_devices.is_empty());
     }
 

@@ -426,8 +426,8 @@ impl Soak<'_> {
 
     fn cycle(&mut self, cycle: usize) {
         self.churn(cycle);
-        self.error_flood(cycle % 3 == 0);
-        if cycle % 5 == 0 {
+        self.error_flood(cycle.is_multiple_of(3));
+        if cycle.is_multiple_of(5) {
             self.fill_request_map();
         }
     }

@@ -73,11 +73,10 @@ pub fn assess(
     (out, drop)
 }
 
+type Entries = Vec<(RqKey, RqVal)>;
+
 /// Splits entries into those of devices that exist and those of devices that went away.
-fn split_gone(
-    entries: Vec<(RqKey, RqVal)>,
-    exists: &dyn Fn(DevId) -> bool,
-) -> (Vec<(RqKey, RqVal)>, Vec<(RqKey, RqVal)>) {
+fn split_gone(entries: Entries, exists: &dyn Fn(DevId) -> bool) -> (Entries, Entries) {
     entries
         .into_iter()
         .partition(|(k, _)| exists(DevId::from_kernel(k.dev)))
