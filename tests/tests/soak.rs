@@ -575,6 +575,13 @@ fn an_hour_of_churn_ends_with_memory_where_it_started() {
         end.rss_kib
     );
     // Idle blocking-pool threads come and go; a leak would grow with every cycle.
+    // The heap part alone (VmRSS is mostly the mapped binary): a leak shows here first.
+    assert!(
+        end.anon_kib as f64 <= warm.anon_kib as f64 * 1.10,
+        "RssAnon grew from {} KiB to {} KiB",
+        warm.anon_kib,
+        end.anon_kib
+    );
     assert!(
         end_threads <= (warm_threads * 2).max(warm_threads + 16),
         "threads grew from {warm_threads} to {end_threads}"
