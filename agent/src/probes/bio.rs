@@ -92,11 +92,14 @@ pub fn scan(
     leak_after: Duration,
     exists: &dyn Fn(DevId) -> bool,
 ) -> BTreeMap<DevId, BioInflight> {
+    // One sysfs lookup per device and scan, not per bio (thousands queue on a suspended dm).
+    let known = std::cell::RefCell::new(BTreeMap::<DevId, bool>::new());
+    let cached = |d: DevId| *known.borrow_mut().entry(d).or_insert_with(|| exists(d));
     let done_all: Vec<(u32, BioDone)> = done.iter().flatten().collect();
     let gone_done: Vec<u32> = done_all
         .iter()
         .map(|(d, _)| *d)
-        .filter(|d| !exists(DevId::from_kernel(*d)))
+        .filter(|d| !cached(DevId::from_kernel(*d)))
         .collect();
     for d in &gone_done {
         let _ = done.remove(d);
@@ -105,7 +108,7 @@ pub fn scan(
     if entries.is_empty() {
         return BTreeMap::new();
     }
-    let (entries, gone) = split_gone(entries, exists);
+    let (entries, gone) = split_gone(entries, &cached);
     let done: BTreeMap<u32, BioDone> = done_all
         .into_iter()
         .filter(|(d, _)| !gone_done.contains(d))
