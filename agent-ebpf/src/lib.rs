@@ -299,9 +299,14 @@ pub enum Stat {
     BioMapFull = 3,
     /// RPC task map full: an RPC task is not tracked.
     RpcMapFull = 4,
+    /// Bio completion map full: a tracked device's completions are not recorded.
+    BioDoneFull = 5,
 }
 
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
+
+/// Capacity of the per-device bio completion map (`BIO_DONE`, one entry per tracked dm device).
+pub const BIO_DONE_ENTRIES: u32 = 1024;
 
 /// Names of the maps, shared so userspace and kernel cannot drift apart.
 pub mod maps {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agent_ebpf::Stat;
+use agent_ebpf::{STAT_COUNT, Stat};
 use nix::errno::Errno;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -21,6 +21,7 @@ use crate::{
     confirm,
     events::{self, CorruptWhat, KernelEvent},
     health::{Kind, Signal, State, Target, Transition},
+    limits::{self, Table},
     metrics::{self, Metrics},
     probes::{ProbeStatus, ScanMaps},
     scanner::{self, InflightCall, Progress},
@@ -28,7 +29,6 @@ use crate::{
     topology::{self, DevId, MountEntry, Sysfs},
 };
 
-const OTHER_NAMES_MAX: usize = 1024;
 /// Mount probes (threads) outstanding at most, hung ones included. One per mount is the rule;
 /// this bounds what hung mounts that go away and come back (each a new mount id, e.g. an
 /// automounted share of a dead server) can leave behind. Above it probes wait, counted as
@@ -121,6 +121,10 @@ struct Observed {
     devices: Vec<String>,
     probe_since: Option<Instant>,
     probe_timeout_reported: bool,
+    /// Monotonic start (ns) of the last probe that answered: the mount's server answered
+    /// after then (RPC entries older than that are not this mount's stall).
+    probe_started_ns: u64,
+    answered_since_ns: Option<u64>,
 }
 
 impl Observed {
@@ -140,6 +144,9 @@ struct Device {
     inflight: u64,
     oldest_inflight: Duration,
     stalled: bool,
+    /// It has series in the per-device counters (kept after it stops being observed, until
+    /// the disk goes away).
+    series: bool,
 }
 
 pub struct Engine {
@@ -158,9 +165,14 @@ pub struct Engine {
     /// Probes started and not answered yet (a stale answer of a gone mount included).
     probes_outstanding: usize,
     probes_max: usize,
-    kernel_stats_seen: [u64; 5],
+    kernel_stats_seen: [u64; STAT_COUNT as usize],
     /// Names of disks outside the observed mounts that reported errors.
     other_names: BTreeMap<DevId, String>,
+    /// Disks outside the observed mounts that have per-device counter series (bounded by
+    /// `limits::DEVICE_SERIES_MAX`; removed when the disk goes away).
+    series_devices: BTreeMap<String, DevId>,
+    /// Mounts and devices the last refresh left out at their limit (logged when it changes).
+    left_out: (usize, usize),
     events_lost: u64,
     /// Behind a lock because `publish` takes `&self`.
     target_series: std::sync::Mutex<crate::target_metrics::TargetSeries>,
@@ -195,8 +207,10 @@ impl Engine {
             probe_tx,
             probes_outstanding: 0,
             probes_max: PROBES_OUTSTANDING_MAX,
-            kernel_stats_seen: [0; 5],
+            kernel_stats_seen: [0; STAT_COUNT as usize],
             other_names: BTreeMap::new(),
+            series_devices: BTreeMap::new(),
+            left_out: (0, 0),
             events_lost: 0,
             target_series: Default::default(),
         }
@@ -306,6 +320,7 @@ impl Engine {
             watches.push(ws);
         }
         self.watches = watches;
+        let desired = self.cap_mounts(desired);
 
         let mut old = std::mem::take(&mut self.mounts);
         for (mp, (entry, critical)) in desired {
@@ -329,6 +344,8 @@ impl Engine {
                         entry,
                         probe_since: None,
                         probe_timeout_reported: false,
+                        probe_started_ns: 0,
+                        answered_since_ns: None,
                     }
                 }
             };
@@ -339,6 +356,38 @@ impl Engine {
             self.forget_target_metric(Kind::Mount, &o.target.id, o.target.critical);
         }
         self.refresh_devices(now);
+    }
+
+    /// At most `MOUNTS_MAX` mounts: watched ones (critical first) before the others.
+    fn cap_mounts(
+        &mut self,
+        desired: BTreeMap<PathBuf, (MountEntry, bool)>,
+    ) -> BTreeMap<PathBuf, (MountEntry, bool)> {
+        if desired.len() <= limits::MOUNTS_MAX {
+            self.left_out.0 = 0;
+            return desired;
+        }
+        let watched: BTreeSet<&str> = self
+            .watches
+            .iter()
+            .filter_map(|w| w.mount.as_deref())
+            .collect();
+        let mut items: Vec<_> = desired.into_iter().collect();
+        // Critical first, then other watched mounts, then the rest in mount point order.
+        items.sort_by_key(|(mp, (_, critical))| {
+            (!*critical, !watched.contains(mp.to_string_lossy().as_ref()))
+        });
+        let (kept, dropped) = limits::cap_by(items, limits::MOUNTS_MAX, |_| true);
+        if dropped != self.left_out.0 {
+            warn!(
+                observed = limits::MOUNTS_MAX,
+                left_out = dropped,
+                "more mounts than the observed-mount limit; the rest are not observed"
+            );
+            self.left_out.0 = dropped;
+        }
+        limits::count_full(&self.metrics, Table::Mounts, dropped);
+        kept.into_iter().collect()
     }
 
     fn refresh_devices(&mut self, now: SystemTime) {
@@ -357,6 +406,20 @@ impl Engine {
             }
             o.devices = names;
         }
+        let (wanted, dropped) = limits::cap_by(
+            wanted.into_iter().collect(),
+            limits::DEVICES_MAX,
+            |(_, (_, critical))| *critical,
+        );
+        if dropped != self.left_out.1 {
+            warn!(
+                observed = limits::DEVICES_MAX,
+                left_out = dropped,
+                "more devices than the device limit; the rest are not observed"
+            );
+            self.left_out.1 = dropped;
+        }
+        limits::count_full(&self.metrics, Table::Devices, dropped);
         let mut old = std::mem::take(&mut self.devices);
         for (name, (block, critical)) in wanted {
             let dev = block.dev;
@@ -380,6 +443,7 @@ impl Engine {
                     inflight: 0,
                     oldest_inflight: Duration::ZERO,
                     stalled: false,
+                    series: false,
                 },
             };
             self.devices.insert(name, d);
@@ -389,7 +453,59 @@ impl Engine {
             let l = metrics::device_labels(&name);
             self.metrics.inflight_oldest.remove(&l);
             self.metrics.inflight_requests.remove(&l);
+            // Its counters stay while the disk exists (it may come back); see below.
+            if d.series {
+                self.series_devices.entry(name).or_insert(d.dev);
+            }
         }
+        self.forget_gone_device_series();
+    }
+
+    /// Removes the per-device counter series of disks that are neither observed nor present
+    /// in sysfs any more (a detached loop device, a removed volume), so `/metrics` does not
+    /// grow with every disk the host ever had.
+    fn forget_gone_device_series(&mut self) {
+        let gone: Vec<String> = self
+            .series_devices
+            .iter()
+            .filter(|(name, dev)| {
+                !self.devices.contains_key(*name)
+                    && self.sysfs.block_device(**dev).is_none_or(|b| {
+                        // A detached loop device keeps its sysfs entry, with no size.
+                        &b.name != *name
+                            || std::fs::read_to_string(b.sysfs_dir.join("size"))
+                                .is_ok_and(|s| s.trim() == "0")
+                    })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let l = metrics::device_labels(&name);
+            self.metrics.block_io_errors.remove(&l);
+            self.metrics.xfs_shutdowns.remove(&l);
+            self.series_devices.remove(&name);
+        }
+        // Observed devices are bounded (and tracked) by `devices`.
+        self.series_devices
+            .retain(|name, _| !self.devices.contains_key(name));
+    }
+
+    /// Whether `name` may have its own series in the per-device counters: observed devices
+    /// always, other disks up to `DEVICE_SERIES_MAX` (counted when full).
+    fn device_series(&mut self, name: &str, dev: DevId) -> bool {
+        if let Some(d) = self.devices.get_mut(name) {
+            d.series = true;
+            return true;
+        }
+        if self.series_devices.contains_key(name) {
+            return true;
+        }
+        if self.series_devices.len() >= limits::DEVICE_SERIES_MAX {
+            limits::count_full(&self.metrics, Table::DeviceSeries, 1);
+            return false;
+        }
+        self.series_devices.insert(name.to_string(), dev);
+        true
     }
 
     fn forget_target_metric(&self, kind: Kind, id: &str, critical: bool) {
@@ -412,8 +528,10 @@ impl Engine {
             .sysfs
             .block_device(dev)
             .map_or_else(|| dev.to_string(), |b| b.name);
-        if self.other_names.len() < OTHER_NAMES_MAX {
+        if self.other_names.len() < limits::DEVICE_NAMES_MAX {
             self.other_names.insert(dev, name.clone());
+        } else {
+            limits::count_full(&self.metrics, Table::DeviceNames, 1);
         }
         name
     }
@@ -471,10 +589,12 @@ impl Engine {
                 dev, error, sector, ..
             } => {
                 let name = self.device_name(*dev);
-                self.metrics
-                    .block_io_errors
-                    .get_or_create(&metrics::device_labels(&name))
-                    .inc();
+                if self.device_series(&name, *dev) {
+                    self.metrics
+                        .block_io_errors
+                        .get_or_create(&metrics::device_labels(&name))
+                        .inc();
+                }
                 let detail = format!(
                     "I/O error {} at sector {sector}",
                     events::errno_name(*error)
@@ -504,10 +624,12 @@ impl Engine {
 
     fn count_shutdown(&mut self, dev: DevId) {
         let name = self.device_name(dev);
-        self.metrics
-            .xfs_shutdowns
-            .get_or_create(&metrics::device_labels(&name))
-            .inc();
+        if self.device_series(&name, dev) {
+            self.metrics
+                .xfs_shutdowns
+                .get_or_create(&metrics::device_labels(&name))
+                .inc();
+        }
     }
 
     /// Mounts whose superblock device is `dev` (XFS events carry `sb->s_dev`).
@@ -561,6 +683,7 @@ impl Engine {
         }
         self.probes_outstanding += 1;
         o.probe_since = Some(Instant::now());
+        o.probe_started_ns = scanner::monotonic_ns();
         o.probe_timeout_reported = false;
         let tx = self.probe_tx.clone();
         let mount_point = mp.to_path_buf();
@@ -617,6 +740,10 @@ impl Engine {
             }
             Err(e) => debug!(mount = %done.mount_point.display(), error = %e, "probe failed"),
             Ok(()) => {
+                // statfs went to the server (statx may have come from the attribute cache).
+                if outcome.usage.is_some() {
+                    o.answered_since_ns = Some(o.probe_started_ns);
+                }
                 transitions.extend(o.target.clear(Signal::NfsStall, now));
             }
         }
@@ -658,12 +785,15 @@ impl Engine {
         let now_ns = scanner::monotonic_ns();
         // Bios of dm devices (a suspended dm device queues them before any request exists).
         let mut maps = maps;
+        let sysfs = &self.sysfs;
+        let exists = |d: DevId| sysfs.block_device(d).is_some();
         let bios = match maps.as_deref_mut() {
             Some(m) => Some(crate::probes::bio::scan(
                 &mut m.bio_inflight,
-                &m.bio_done,
+                &mut m.bio_done,
                 now_ns,
                 cfg.detect.io_stall_after,
+                &exists,
             )),
             None => None,
         }
@@ -677,13 +807,14 @@ impl Engine {
         self.metrics
             .rpc_oldest
             .set(rpc.oldest.map_or(0.0, |(_, a)| a.as_secs_f64()));
-        let (mut rq, calls, stats) = match maps {
+        let (mut rq, calls, stats, rpc_map) = match maps {
             Some(m) => (
                 Some(&mut m.rq_inflight),
                 Some(&mut m.mount_calls),
                 Some(&m.stats),
+                Some(&mut m.rpc_inflight),
             ),
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
 
         // Block devices.
@@ -779,18 +910,52 @@ impl Engine {
                 .set(i64::try_from(inflight).unwrap_or(i64::MAX));
         }
 
+        // Requests of disks outside the observed mounts: nobody judges them, but entries that
+        // lost their completion (or whose disk went away, a detached loop device) would fill
+        // the map for good. Same rule as above: nothing in flight per sysfs, entry leaked.
+        if let Some(rq) = rq {
+            let observed: BTreeSet<DevId> = self.devices.values().map(|d| d.dev).collect();
+            for dev in by_dev.keys().filter(|d| !observed.contains(d)) {
+                let read_ns = scanner::monotonic_ns();
+                let idle = match self.sysfs.block_device(*dev) {
+                    None => true,
+                    Some(b) => self
+                        .sysfs
+                        .inflight(&b.sysfs_dir)
+                        .map(|(r, w)| r + w == 0)
+                        .or_else(|| self.sysfs.stat(&b.sysfs_dir).map(|s| s.in_flight == 0))
+                        .unwrap_or(false),
+                };
+                if idle {
+                    let n = scanner::forget_leaked(rq, *dev, read_ns);
+                    if n > 0 {
+                        debug!(%dev, entries = n, "dropped request entries of an unobserved or vanished disk");
+                    }
+                }
+            }
+        }
+
         // Mount-family calls.
+        let mut calls_in_flight = false;
         if let Some(calls_map) = calls {
             let all = scanner::mount_calls(calls_map, scanner::monotonic_ns());
+            calls_in_flight = !all.is_empty();
             let oldest = all.first().map_or(0.0, |c| c.age.as_secs_f64());
             self.metrics.mount_call_oldest_blocked.set(oldest);
-            self.blocked = all
+            let mut blocked: Vec<InflightCall> = all
                 .into_iter()
                 .filter(|c| c.age >= cfg.detect.mount_blocked_after)
                 .collect();
             self.metrics
                 .mount_calls_blocked
-                .set(i64::try_from(self.blocked.len()).unwrap_or(i64::MAX));
+                .set(i64::try_from(blocked.len()).unwrap_or(i64::MAX));
+            // Oldest first: the ones listed are the ones that matter most.
+            if blocked.len() > limits::BLOCKED_CALLS_MAX {
+                let left_out = blocked.len() - limits::BLOCKED_CALLS_MAX;
+                blocked.truncate(limits::BLOCKED_CALLS_MAX);
+                limits::count_full(&self.metrics, Table::BlockedMountCalls, left_out);
+            }
+            self.blocked = blocked;
             let blocked = &self.blocked;
             let detail = || {
                 let first = &blocked[0];
@@ -896,6 +1061,33 @@ impl Engine {
             }
         }
 
+        // RPC entries that lost their end event. A mount call in flight may be an NFS mount
+        // that is not in mountinfo yet, whose tasks are exactly the ones that matter.
+        if let Some(rpc_map) = rpc_map
+            && rpc.tasks > 0
+        {
+            let answered = if calls_in_flight {
+                None
+            } else {
+                self.mounts
+                    .values()
+                    .filter(|o| o.is_nfs())
+                    .try_fold(now_ns, |min, o| o.answered_since_ns.map(|a| min.min(a)))
+            };
+            let n = crate::probes::rpc::forget_leaked(
+                rpc_map,
+                answered,
+                now_ns,
+                cfg.detect.nfs_stall_after,
+            );
+            if n > 0 {
+                debug!(
+                    entries = n,
+                    "dropped RPC task entries that lost their end event"
+                );
+            }
+        }
+
         // Kernel-side drop counters.
         if let Some(stats) = stats {
             self.read_kernel_stats(stats);
@@ -913,6 +1105,7 @@ impl Engine {
             Stat::MountMapFull,
             Stat::BioMapFull,
             Stat::RpcMapFull,
+            Stat::BioDoneFull,
         ];
         for (i, stat) in idx.iter().enumerate() {
             let Ok(values) = stats.get(&(*stat as u32), 0) else {
@@ -930,11 +1123,16 @@ impl Engine {
                     self.metrics.events_lost.inc_by(delta);
                     warn!(lost = delta, "kernel events lost: ring buffer full");
                 }
-                Stat::RqMapFull | Stat::MountMapFull | Stat::BioMapFull | Stat::RpcMapFull => {
+                Stat::RqMapFull
+                | Stat::MountMapFull
+                | Stat::BioMapFull
+                | Stat::RpcMapFull
+                | Stat::BioDoneFull => {
                     let map = match stat {
                         Stat::RqMapFull => "rq_inflight",
                         Stat::BioMapFull => "bio_inflight",
                         Stat::RpcMapFull => "rpc_inflight",
+                        Stat::BioDoneFull => "bio_done",
                         _ => "mount_calls",
                     };
                     self.metrics
@@ -1326,5 +1524,92 @@ mod tests {
         let s = status(&f);
         assert_eq!(target(&s, "device", "loop0").state, State::Healthy);
         assert_eq!(target(&s, "mount", "/mnt/data").state, State::Healthy);
+    }
+
+    fn table_full(f: &Fixture, table: &str) -> u64 {
+        let text = f.engine.metrics.encode();
+        let needle = format!("bindsto_table_full_total{{table=\"{table}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+    }
+
+    #[test]
+    fn more_mounts_than_the_limit_keeps_the_watched_ones_and_counts_the_rest() {
+        let mut f = fixture();
+        let mut text = mountinfo(30);
+        let extra = limits::MOUNTS_MAX + 50;
+        for i in 0..extra {
+            text.push_str(&format!(
+                "{} 22 0:{} / /a/m{i:05} rw - xfs /dev/fake{i} rw\n",
+                1000 + i,
+                100 + i
+            ));
+        }
+        f.engine.refresh_topology(&text, &|_| Some(true));
+        let s = status(&f);
+        let mounts = s.targets.iter().filter(|t| t.kind == "mount").count();
+        assert_eq!(mounts, limits::MOUNTS_MAX);
+        assert!(target(&s, "mount", "/mnt/data").critical, "the watch stays");
+        // 3 fixture mounts + `extra`, MOUNTS_MAX kept.
+        let left_out = (extra + 3 - limits::MOUNTS_MAX) as u64;
+        assert_eq!(table_full(&f, "mounts"), left_out);
+        // Mounts gone: the table and the per-target series shrink back.
+        f.engine.refresh_topology(&mountinfo(30), &|_| Some(true));
+        let s = status(&f);
+        assert_eq!(s.targets.iter().filter(|t| t.kind == "mount").count(), 3);
+        let text = f.engine.metrics.encode();
+        assert!(!text.contains("/a/m0"), "series of gone mounts removed");
+        assert_eq!(table_full(&f, "mounts"), left_out, "nothing more left out");
+    }
+
+    #[tokio::test]
+    async fn error_series_of_unknown_disks_are_bounded_and_removed_when_they_go() {
+        let mut f = fixture();
+        let n = limits::DEVICE_SERIES_MAX + 20;
+        for minor in 0..n as u32 {
+            f.engine.on_event(&KernelEvent::BlockError {
+                dev: DevId::new(240, minor),
+                error: -5,
+                sector: 0,
+                ts_ns: 0,
+            });
+        }
+        // The observed disk always gets its series, even with the table full.
+        f.engine.on_event(&KernelEvent::BlockError {
+            dev: LOOP0,
+            error: -5,
+            sector: 0,
+            ts_ns: 0,
+        });
+        let text = f.engine.metrics.encode();
+        let series = |t: &str| t.matches("bindsto_block_io_errors_total{").count();
+        assert_eq!(series(&text), limits::DEVICE_SERIES_MAX + 1, "{text}");
+        assert!(text.contains("bindsto_block_io_errors_total{device=\"loop0\"} 1"));
+        assert_eq!(table_full(&f, "device_series"), 20);
+        // None of the 240:* disks exists in sysfs: their series go at the next refresh.
+        f.engine.refresh_topology(&mountinfo(30), &|_| Some(true));
+        let text = f.engine.metrics.encode();
+        assert_eq!(series(&text), 1, "{text}");
+        assert!(f.engine.series_devices.is_empty());
+        // The observed disk's series outlives its mount while the disk exists...
+        let without_data = "22 1 254:0 / / rw - ext4 /dev/vda rw\n";
+        f.engine.refresh_topology(without_data, &|_| Some(true));
+        assert_eq!(series(&f.engine.metrics.encode()), 1);
+        // ...and goes with it (a detached loop device keeps its directory with size 0).
+        let dir = f.sysfs_root.join("devices/virtual/block/loop0");
+        fs::write(dir.join("size"), "0\n").unwrap();
+        f.engine.refresh_topology(without_data, &|_| Some(true));
+        assert_eq!(series(&f.engine.metrics.encode()), 0);
+        assert!(f.engine.series_devices.is_empty());
+    }
+
+    #[test]
+    fn the_limit_counters_start_at_zero() {
+        let f = fixture();
+        for t in limits::Table::ALL {
+            assert_eq!(table_full(&f, t.name()), 0);
+        }
     }
 }

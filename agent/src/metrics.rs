@@ -46,6 +46,11 @@ pub struct MapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
 }
@@ -56,6 +61,15 @@ pub struct VersionLabels {
 }
 
 type GaugeF = Gauge<f64, AtomicU64>;
+
+/// The kernel maps whose full inserts are counted, as named in `bindsto_map_full_total{map}`.
+pub const MAP_NAMES: [&str; 5] = [
+    "rq_inflight",
+    "mount_calls",
+    "bio_inflight",
+    "rpc_inflight",
+    "bio_done",
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -73,6 +87,7 @@ pub struct Metrics {
     pub events_lost: Counter,
     pub events_decode_errors: Counter,
     pub map_full: Family<MapLabels, Counter>,
+    pub table_full: Family<TableLabels, Counter>,
     pub probe_attached: Family<ProbeLabels, Gauge>,
     pub confirm_probes: Family<OutcomeLabels, Counter>,
     pub scans: Counter,
@@ -102,6 +117,7 @@ impl Metrics {
             events_lost: Counter::default(),
             events_decode_errors: Counter::default(),
             map_full: Family::default(),
+            table_full: Family::default(),
             probe_attached: Family::default(),
             confirm_probes: Family::default(),
             scans: Counter::default(),
@@ -180,6 +196,20 @@ impl Metrics {
             "map_full",
             "Operations not tracked because a kernel map was full",
             m.map_full.clone(),
+        );
+        // Every limited table and map has a series from the start, so "never full" reads as 0.
+        for map in MAP_NAMES {
+            let _ = m.map_full.get_or_create(&MapLabels { map: map.into() });
+        }
+        for t in crate::limits::Table::ALL {
+            let _ = m.table_full.get_or_create(&TableLabels {
+                table: t.name().into(),
+            });
+        }
+        r.register(
+            "table_full",
+            "Entries left out because an in-process table was at its fixed limit, by table",
+            m.table_full.clone(),
         );
         r.register(
             "probe_attached",

@@ -124,7 +124,9 @@ fn all_probes(state: ProbeState, detail: &str) -> Vec<ProbeStatus> {
 }
 
 /// Notifies on every mount table change (mountinfo signals POLLPRI), from its own thread.
-fn watch_mountinfo(tx: mpsc::UnboundedSender<()>) {
+/// The channel holds one notice: a full channel already means "re-read", so mount churn
+/// never queues more than that however fast it goes.
+fn watch_mountinfo(tx: mpsc::Sender<()>) {
     let spawn = std::thread::Builder::new()
         .name("mountinfo".into())
         .spawn(move || {
@@ -141,11 +143,10 @@ fn watch_mountinfo(tx: mpsc::UnboundedSender<()>) {
                     nix::poll::PollFlags::POLLPRI,
                 )];
                 match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
-                    Ok(_) => {
-                        if tx.send(()).is_err() {
-                            return;
-                        }
-                    }
+                    Ok(_) => match tx.try_send(()) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+                        Err(mpsc::error::TrySendError::Closed(())) => return,
+                    },
                     Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {
                         warn!(error = %e, "mountinfo poll failed; relying on periodic refresh");
@@ -267,7 +268,7 @@ async fn drive(
     engine.scan(scan_maps.as_mut());
     engine.publish();
 
-    let (topo_tx, mut topo_rx) = mpsc::unbounded_channel();
+    let (topo_tx, mut topo_rx) = mpsc::channel(1);
     watch_mountinfo(topo_tx);
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -30,6 +30,8 @@
 
 pub mod agent;
 pub mod aws;
+pub mod bpfmap;
+pub mod churn;
 pub mod faulty;
 pub mod proc;
 pub mod sys;

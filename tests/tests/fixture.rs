@@ -392,3 +392,38 @@ impl Drop for AlignedBuf {
         unsafe { std::alloc::dealloc(self.ptr, layout) };
     }
 }
+
+/// `churn::LoopXfs` (XFS on a loop device over a plain image, for mount churn): a panic while
+/// mounted leaves no mount and no loop device on the image; the image mounts again after.
+#[test]
+fn loop_xfs_cleans_up_after_a_panic() {
+    use bindsto_tests::churn::{LoopXfs, XfsImage};
+    let _g = privileged();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().expect("canonical");
+    let image = XfsImage::new(&root, "churn", SIZE_MB).expect("image");
+    let mp = root.join("m");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let m = LoopXfs::mount(&image, &mp).expect("mount");
+        std::fs::write(m.path().join("f"), b"data").expect("write");
+        assert!(!mounts_under(&mp).is_empty(), "mounted");
+        assert_eq!(loop_devices_backed_by(image.path()).len(), 1);
+        panic!("injected");
+    }));
+    assert!(res.is_err());
+    assert!(
+        mounts_under(&mp).is_empty(),
+        "still mounted after the panic"
+    );
+    assert!(
+        loop_devices_backed_by(image.path()).is_empty(),
+        "loop device left attached"
+    );
+    let m = LoopXfs::mount(&image, &mp).expect("mount again");
+    assert_eq!(
+        std::fs::read(m.path().join("f")).expect("read back"),
+        b"data"
+    );
+    m.unmount().expect("unmount");
+    assert!(loop_devices_backed_by(image.path()).is_empty());
+}

@@ -10,7 +10,7 @@
 use agent_ebpf::{BioDone, EventKind, Field, RqKey, Stat};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
-use super::{BIO_DONE, BIO_INFLIGHT, emit, offsets, track_end, track_start};
+use super::{BIO_DONE, BIO_INFLIGHT, count, emit, offsets, track_end, track_start};
 
 #[inline(always)]
 fn tracked(dev: u32, bio_major: u32) -> bool {
@@ -77,14 +77,15 @@ fn try_complete(ctx: &TracePointContext) -> Result<(), i32> {
             (*d).completed = (*d).completed.wrapping_add(1);
         },
         None => {
-            let _ = BIO_DONE.insert(
-                dev,
-                BioDone {
-                    last_ns: now,
-                    completed: 1,
-                },
-                0,
-            );
+            let first = BioDone {
+                last_ns: now,
+                completed: 1,
+            };
+            // Full: this device's completions go unseen, so its bios could look stalled;
+            // counted so that is never silent (userspace prunes devices that went away).
+            if BIO_DONE.insert(dev, first, 0).is_err() {
+                count(Stat::BioDoneFull);
+            }
         }
     }
     if error != 0 {

@@ -8,8 +8,9 @@ mod xfs;
 mod xfs_kprobe;
 
 use agent_ebpf::{
-    BIO_MAP_ENTRIES, BioDone, Event, EventKind, MOUNT_MAP_ENTRIES, MountCall, Offsets,
-    RINGBUF_BYTES, RPC_MAP_ENTRIES, RQ_MAP_ENTRIES, RpcKey, RqKey, RqVal, STAT_COUNT, Stat,
+    BIO_DONE_ENTRIES, BIO_MAP_ENTRIES, BioDone, Event, EventKind, MOUNT_MAP_ENTRIES, MountCall,
+    Offsets, RINGBUF_BYTES, RPC_MAP_ENTRIES, RQ_MAP_ENTRIES, RpcKey, RqKey, RqVal, STAT_COUNT,
+    Stat,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -36,7 +37,7 @@ static BIO_INFLIGHT: HashMap<RqKey, RqVal> = HashMap::with_max_entries(BIO_MAP_E
 
 /// Bio completions per tracked device (progress for the bio-level stall check).
 #[map(name = "BIO_DONE")]
-static BIO_DONE: HashMap<u32, BioDone> = HashMap::with_max_entries(1024, 0);
+static BIO_DONE: HashMap<u32, BioDone> = HashMap::with_max_entries(BIO_DONE_ENTRIES, 0);
 
 /// RPC tasks in flight (sunrpc), see `rpc.rs`. Plain hash for the same reason as above.
 #[map(name = "RPC_INFLIGHT")]

@@ -73,21 +73,49 @@ pub fn assess(
     (out, drop)
 }
 
-/// Reads the maps, drops leaked entries and returns the per-device verdicts.
+type Entries = Vec<(RqKey, RqVal)>;
+
+/// Splits entries into those of devices that exist and those of devices that went away.
+fn split_gone(entries: Entries, exists: &dyn Fn(DevId) -> bool) -> (Entries, Entries) {
+    entries
+        .into_iter()
+        .partition(|(k, _)| exists(DevId::from_kernel(k.dev)))
+}
+
+/// Reads the maps, drops leaked entries and returns the per-device verdicts. Entries of devices
+/// that no longer exist (`exists` is false: a removed dm device) are dropped from both maps, or
+/// they would stay for good and fill them.
 pub fn scan(
     inflight: &mut HashMap<MapData, RqKey, RqVal>,
-    done: &HashMap<MapData, u32, BioDone>,
+    done: &mut HashMap<MapData, u32, BioDone>,
     now_ns: u64,
     leak_after: Duration,
+    exists: &dyn Fn(DevId) -> bool,
 ) -> BTreeMap<DevId, BioInflight> {
+    // One sysfs lookup per device and scan, not per bio (thousands queue on a suspended dm).
+    let known = std::cell::RefCell::new(BTreeMap::<DevId, bool>::new());
+    let cached = |d: DevId| *known.borrow_mut().entry(d).or_insert_with(|| exists(d));
+    let done_all: Vec<(u32, BioDone)> = done.iter().flatten().collect();
+    let gone_done: Vec<u32> = done_all
+        .iter()
+        .map(|(d, _)| *d)
+        .filter(|d| !cached(DevId::from_kernel(*d)))
+        .collect();
+    for d in &gone_done {
+        let _ = done.remove(d);
+    }
     let entries: Vec<(RqKey, RqVal)> = inflight.iter().flatten().collect();
     if entries.is_empty() {
         return BTreeMap::new();
     }
-    let done: BTreeMap<u32, BioDone> = done.iter().flatten().collect();
+    let (entries, gone) = split_gone(entries, &cached);
+    let done: BTreeMap<u32, BioDone> = done_all
+        .into_iter()
+        .filter(|(d, _)| !gone_done.contains(d))
+        .collect();
     let (out, leaked) = assess(&entries, &done, now_ns, leak_after);
-    for k in leaked {
-        let _ = inflight.remove(&k);
+    for k in leaked.iter().chain(gone.iter().map(|(k, _)| k)) {
+        let _ = inflight.remove(k);
     }
     out
 }
@@ -111,6 +139,20 @@ mod tests {
                 nr_sector: 0,
             },
         )
+    }
+
+    #[test]
+    fn entries_of_a_device_that_went_away_are_split_off() {
+        let here = 253 << 20;
+        let gone = (253 << 20) | 7;
+        let (kept, dropped) = split_gone(
+            vec![entry(here, 8, S), entry(gone, 8, S), entry(gone, 16, S)],
+            &|d| d == DevId::from_kernel(here),
+        );
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0.dev, here);
+        assert_eq!(dropped.len(), 2);
+        assert!(dropped.iter().all(|(k, _)| k.dev == gone));
     }
 
     #[test]

@@ -41,6 +41,44 @@ pub fn oldest(map: &HashMap<MapData, RpcKey, RqVal>, now_ns: u64) -> RpcInflight
     summarize(map.iter().flatten(), now_ns)
 }
 
+/// Keys of entries that lost their end event (an end the agent missed while it was not
+/// attached, a task torn down without `rpc_task_end`): in flight longer than `leak_after` and
+/// started before `answered_since_ns`, the time after which the server of every NFS mount on
+/// the host has answered a probe (None: some mount has not, so every entry may be its stall).
+/// Without this the map only grows and the oldest-task gauge climbs forever.
+pub fn leaked(
+    entries: impl IntoIterator<Item = (RpcKey, RqVal)>,
+    answered_since_ns: Option<u64>,
+    now_ns: u64,
+    leak_after: Duration,
+) -> Vec<RpcKey> {
+    let Some(answered) = answered_since_ns else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter(|(_, v)| {
+            v.start_ns < answered
+                && Duration::from_nanos(now_ns.saturating_sub(v.start_ns)) >= leak_after
+        })
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// Removes the [`leaked`] entries from the map; returns how many.
+pub fn forget_leaked(
+    map: &mut HashMap<MapData, RpcKey, RqVal>,
+    answered_since_ns: Option<u64>,
+    now_ns: u64,
+    leak_after: Duration,
+) -> usize {
+    if answered_since_ns.is_none() {
+        return 0;
+    }
+    let stale = leaked(map.iter().flatten(), answered_since_ns, now_ns, leak_after);
+    stale.iter().filter(|k| map.remove(k).is_ok()).count()
+}
+
 /// The `nfs_stall` detail for an NFS mount (source `server:/path`) whose probe has waited
 /// `probe_waited`, or None when the RPC view does not show a stall of it.
 pub fn stall_detail(
@@ -96,6 +134,26 @@ mod tests {
         assert_eq!(r.tasks, 5);
         assert_eq!(r.oldest, Some((4, Duration::from_secs(80))));
         assert_eq!(summarize([], 100 * S), RpcInflight::default());
+    }
+
+    #[test]
+    fn entries_are_leaked_only_when_old_and_every_share_answered_since() {
+        let entries = [entry(1, 1, 10, 1), entry(1, 2, 80, 1), entry(2, 0, 50, 4)];
+        let keys = |v: Vec<RpcKey>| {
+            v.iter()
+                .map(|k| (k.client_id, k.task_id))
+                .collect::<Vec<_>>()
+        };
+        let after = Duration::from_secs(30);
+        // Every share answered since t=60: tasks from before then, 30 s old, lost their end.
+        assert_eq!(
+            keys(leaked(entries, Some(60 * S), 100 * S, after)),
+            vec![(1, 1), (2, 0)]
+        );
+        // A share that has not answered since: nothing is dropped, any task may be its stall.
+        assert!(leaked(entries, None, 1000 * S, after).is_empty());
+        // Young entries stay even when the shares answered.
+        assert!(leaked(entries, Some(100 * S), 30 * S, after).is_empty());
     }
 
     #[test]

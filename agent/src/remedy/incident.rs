@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Action;
 
-/// Incidents kept in the file (the newest).
-const HISTORY_MAX: usize = 50;
+/// Incidents kept in the file (the newest); a new one beyond it pushes the oldest out, counted
+/// in `bindsto_table_full_total{table="incidents"}`.
+pub const HISTORY_MAX: usize = 50;
 const FILE: &str = "incidents.json";
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 

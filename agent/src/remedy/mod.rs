@@ -357,6 +357,9 @@ impl Remedy {
     }
 
     async fn open_incident(&mut self, failed: Vec<FailedTarget>, now: SystemTime) {
+        if self.store.incidents.len() >= incident::HISTORY_MAX {
+            crate::limits::count_full(&self.shared.metrics, crate::limits::Table::Incidents, 1);
+        }
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis())
