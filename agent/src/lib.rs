@@ -21,6 +21,7 @@ pub mod pathcheck;
 pub mod probes;
 pub mod reload;
 pub mod remedy;
+pub mod rt;
 pub mod run;
 pub mod scanner;
 pub mod sdnotify;

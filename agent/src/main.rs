@@ -160,12 +160,7 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("bindsto")
-        .build()
-        .context("starting the async runtime")
+    bindsto::rt::runtime().context("starting the async runtime")
 }
 
 async fn shutdown_signal() {
@@ -212,7 +207,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
                 }
             };
-            runtime()?.block_on(run::run_service(cfg, Some(source), shutdown_signal()))?;
+            // Threads hung on watched storage must not hold the exit.
+            bindsto::rt::run_to_end(
+                runtime()?,
+                bindsto::rt::SHUTDOWN_GRACE,
+                run::run_service(cfg, Some(source), shutdown_signal()),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
@@ -224,7 +224,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let status = runtime()?.block_on(run::check(cfg, duration))?;
+            let status = bindsto::rt::run_to_end(
+                runtime()?,
+                bindsto::rt::SHUTDOWN_GRACE,
+                run::check(cfg, duration),
+            )?;
             let doc = serde_json::to_value(&*status)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);

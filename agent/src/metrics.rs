@@ -84,6 +84,7 @@ pub struct Metrics {
     pub rpc_inflight: Gauge,
     pub rpc_oldest: GaugeF,
     pub remediations: Family<ActionLabels, Counter>,
+    pub remediation_state_write_failures: Family<OutcomeLabels, Counter>,
     pub events_lost: Counter,
     pub events_decode_errors: Counter,
     pub map_full: Family<MapLabels, Counter>,
@@ -114,6 +115,7 @@ impl Metrics {
             rpc_inflight: Gauge::default(),
             rpc_oldest: GaugeF::default(),
             remediations: Family::default(),
+            remediation_state_write_failures: Family::default(),
             events_lost: Counter::default(),
             events_decode_errors: Counter::default(),
             map_full: Family::default(),
@@ -181,6 +183,11 @@ impl Metrics {
             "remediations",
             "Remediation steps by action and outcome",
             m.remediations.clone(),
+        );
+        r.register(
+            "remediation_state_write_failures",
+            "Incident history writes that failed (error), timed out (timeout) or were not tried because an earlier one still hangs (hung)",
+            m.remediation_state_write_failures.clone(),
         );
         r.register(
             "events_lost",

@@ -289,24 +289,22 @@ async fn drive(
         )
     });
     let server = listener.map(|l| tokio::spawn(api::serve(l, Arc::clone(&shared), server_stop)));
-    // The ladder runs on its own task: a step waiting on AWS or systemd never delays detection.
-    let remedy = if remediate {
-        match Remedy::open(Arc::clone(&cfg), Arc::clone(&shared)).await {
-            Ok(remedy) => Some(tokio::spawn(remedy.run(
-                shared.subscribe(),
-                cfg_tx.subscribe(),
-                stop_tx.subscribe(),
-            ))),
-            // Detection and /healthz go on without the ladder; /status says why.
-            Err(problem) => {
-                error!(%problem, "remediation unavailable");
-                shared.set_remediation(Remedy::unavailable(&cfg, problem));
-                None
+    // The ladder runs on its own task: a step waiting on AWS or systemd never delays detection,
+    // and neither does opening its state directory (it may sit on storage that hangs).
+    let remedy = remediate.then(|| {
+        let (cfg, shared) = (Arc::clone(&cfg), Arc::clone(&shared));
+        let (changes, config, stop) = (shared.subscribe(), cfg_tx.subscribe(), stop_tx.subscribe());
+        tokio::spawn(async move {
+            match Remedy::open(Arc::clone(&cfg), Arc::clone(&shared)).await {
+                Ok(remedy) => remedy.run(changes, config, stop).await,
+                // Detection and /healthz go on without the ladder; /status says why.
+                Err(problem) => {
+                    error!(%problem, "remediation unavailable");
+                    shared.set_remediation(Remedy::unavailable(&cfg, problem));
+                }
             }
-        }
-    } else {
-        None
-    };
+        })
+    });
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -235,18 +235,18 @@ impl Latencies {
 }
 
 /// Sequential GETs, a fresh connection each, round-robin over the three endpoints, until each
-/// has had `REQUESTS` and `more` says to stop. Every request must answer (a timeout or a
+/// has had `requests` and `more` says to stop. Every request must answer (a timeout or a
 /// refused connection panics) with the code its endpoint may give.
-fn measure(addr: SocketAddr, more: impl Fn() -> bool) -> Vec<Latencies> {
+fn measure(addr: SocketAddr, requests: usize, more: impl Fn() -> bool) -> Vec<Latencies> {
     let mut out: Vec<Latencies> = ENDPOINTS
         .iter()
         .map(|&endpoint| Latencies {
             endpoint,
-            ms: Vec::with_capacity(REQUESTS),
+            ms: Vec::with_capacity(requests),
         })
         .collect();
     let mut round = 0usize;
-    while round < REQUESTS || more() {
+    while round < requests || more() {
         for l in &mut out {
             let t = Instant::now();
             let (code, body) = http_get(addr, l.endpoint, REQUEST_TIMEOUT).unwrap_or_else(|e| {
@@ -268,7 +268,7 @@ fn measure(addr: SocketAddr, more: impl Fn() -> bool) -> Vec<Latencies> {
     out
 }
 
-fn report(phase: &str, lat: &[Latencies]) {
+fn report(phase: &str, lat: &[Latencies], requests: usize) {
     for l in lat {
         let name = l.endpoint.trim_start_matches('/');
         eprintln!(
@@ -283,7 +283,7 @@ fn report(phase: &str, lat: &[Latencies]) {
     for l in lat {
         let p99 = l.quantile(0.99);
         assert!(
-            l.ms.len() >= REQUESTS,
+            l.ms.len() >= requests,
             "{phase}: only {} requests to {}",
             l.ms.len(),
             l.endpoint
@@ -533,9 +533,9 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
 
     let t0 = Instant::now();
     let sampler = Sampler::start(addr, pid, t0);
-    let lat = measure(addr, || t0.elapsed() < PHASE_MIN);
+    let lat = measure(addr, REQUESTS, || t0.elapsed() < PHASE_MIN);
     let samples = sampler.finish();
-    report("hang", &lat);
+    report("hang", &lat, REQUESTS);
     check_scans("hang", &samples);
     check_threads("hang", &samples, baseline + hung_probes + THREAD_SLACK);
     // The hung probes are still the first ones: each reported once, none started again.
@@ -625,7 +625,7 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
             out.map(|()| log)
         })
     };
-    let lat = measure(addr, || {
+    let lat = measure(addr, REQUESTS, || {
         !churn_done.load(Ordering::SeqCst) || t0.elapsed() < PHASE_MIN
     });
     let samples = sampler.finish();
@@ -634,7 +634,7 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
         .expect("churn thread")
         .unwrap_or_else(|e| panic!("the churn failed: {e}"));
     eprintln!("churn: {}", churn_log.join("; "));
-    report("churn", &lat);
+    report("churn", &lat, REQUESTS);
     check_scans("churn", &samples);
     check_threads("churn", &samples, baseline + hung_probes + THREAD_SLACK);
 
@@ -673,4 +673,394 @@ fn control(sock: &Path, cmd: &str) -> anyhow::Result<String> {
     BufReader::new(&s).read_line(&mut line)?;
     anyhow::ensure!(line.starts_with("ok"), "faultyfs answered {line:?}");
     Ok(line)
+}
+
+/// Requests per endpoint in each phase of the state-dir test.
+const STATE_REQUESTS: usize = 300;
+/// Each phase of the state-dir test lasts at least this long (28 scans).
+const STATE_PHASE_MIN: Duration = Duration::from_secs(7);
+/// The agent's bound on opening the state dir and on one history write (remedy/mod.rs
+/// `STATE_OPEN_TIMEOUT`, remedy/incident.rs `WRITE_TIMEOUT`).
+const STATE_TIMEOUT: Duration = Duration::from_secs(5);
+const HOLD_DOWN: Duration = Duration::from_secs(1);
+
+/// A faulty disk's FUSE server stopped with SIGSTOP: every request to it (the loop device's
+/// reads, writes and flushes of its backing file) waits. Drop (also on panic) sends SIGCONT;
+/// it must be dropped before the agent (declared after it) so that the agent's threads waiting
+/// on the disk return and the agent can be stopped and reaped.
+struct StoppedServer {
+    pid: nix::unistd::Pid,
+    stopped: bool,
+}
+
+impl StoppedServer {
+    fn new(disk: &FaultyDisk) -> Self {
+        Self {
+            pid: nix::unistd::Pid::from_raw(disk.faultyfs_pid() as i32),
+            stopped: false,
+        }
+    }
+
+    fn stop(&mut self) {
+        nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP faultyfs");
+        self.stopped = true;
+    }
+
+    fn cont(&mut self) {
+        if std::mem::take(&mut self.stopped)
+            && let Err(e) = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGCONT)
+        {
+            eprintln!("never_blocks: SIGCONT to faultyfs {}: {e}", self.pid);
+        }
+    }
+}
+
+impl Drop for StoppedServer {
+    fn drop(&mut self) {
+        self.cont();
+    }
+}
+
+fn state_config(state_watch: &Path, other: &Path, state_dir: &Path) -> String {
+    format!(
+        r#"listen = "127.0.0.1:9842"
+dry_run = true
+
+[detect]
+scan_interval = "250ms"
+io_stall_after = "1s"
+probe_timeout = "500ms"
+fstypes = ["xfs"]
+
+# The state dir's own filesystem, watched as critical (a misplacement the agent warns about).
+[[watch]]
+path = "{state_watch}"
+critical = true
+
+[[watch]]
+path = "{other}"
+critical = true
+
+[remediate]
+actions = ["exec"]
+hold_down = "{hold_down}s"
+state_dir = "{state}"
+
+[remediate.exec]
+command = ["/bin/true"]
+"#,
+        state_watch = state_watch.display(),
+        other = other.display(),
+        hold_down = HOLD_DOWN.as_secs(),
+        state = state_dir.display(),
+    )
+}
+
+fn problems(s: &Value) -> Vec<String> {
+    s["remediation"]["problems"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn last_incident(s: &Value) -> Option<&Value> {
+    s["remediation"]["incidents"].as_array()?.last()
+}
+
+/// The run state (`R`, `S`, `D`, `Z`...) of each thread of `pid`.
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            stat.rsplit_once(") ")?.1.chars().next()
+        })
+        .collect()
+}
+
+/// SIGTERM to the agent; how long until it was done: exited, or (`stuck` true) every thread
+/// left is one the kernel holds in an uninterruptible wait on the hung disk (`D`; the leader
+/// already exited, `Z`). No program can end those: the process is reaped when the disk
+/// answers. An agent that waited for them itself would keep a thread sleeping (`S`).
+fn terminate(agent: &mut Agent, within: Duration) -> Option<(Duration, bool)> {
+    let pid = agent.pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if agent.exit_status().is_some() {
+            return Some((t.elapsed(), false));
+        }
+        let states = thread_states(pid);
+        if !states.is_empty() && states.iter().all(|c| matches!(c, 'D' | 'Z' | 'X')) {
+            return Some((t.elapsed(), true));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// After the disk answers again the agent is reaped.
+fn reaped(agent: &mut Agent, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if agent.exit_status().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// `[remediate] state_dir` on a watched XFS whose disk hangs (its FUSE server stopped, so the
+/// loop device's I/O never completes: data reads, log writes and flushes all wait).
+///
+/// (a) The agent starts while the disk already hangs, with the history file's data not in
+/// memory (the filesystem was mounted again after writing it): opening the history hangs. The
+/// agent answers `/healthz` within a few seconds of its start, its scanner runs from the first
+/// second (opening the state dir is off the scanner's path), the endpoints stay fast, the log
+/// warns that the state dir is on watched storage, and after the open timeout /status says
+/// remediation is unavailable and why. SIGTERM ends it while the disk still hangs.
+///
+/// (b) A fresh agent, the disk healthy, then hung; a second critical XFS (healthy disk) is shut
+/// down, so a real incident opens. Its first history write hangs: after the write timeout the
+/// incident goes on from memory (no further write is started while that one hangs: the later
+/// saves fail at once, `hung`), the dry-run ladder runs to `done` within hold_down plus one
+/// write timeout, /status says the history is not persisted, and
+/// `bindsto_remediation_state_write_failures_total` counts the timeout and the skipped writes.
+/// Endpoints (p99 < 100 ms), the scan interval and the thread count hold throughout.
+///
+/// Why this fails when the property breaks: opening the state dir on the scanner's path stalls
+/// the scan counter for the whole open timeout (5 s > the 1 s bound); a ladder that waited for
+/// every write would need five write timeouts (25 s) to finish; a write started at every save
+/// would hold a thread each; an agent waiting for its hung threads at exit would not exit on
+/// SIGTERM.
+#[test]
+fn state_dir_on_hung_storage_never_holds_the_agent() {
+    let _g = privileged();
+    let t_test = Instant::now();
+    let disk_s = faulty_disk();
+    // A history on the state disk, then the filesystem mounted again: its data is on disk only.
+    {
+        let x = XfsMount::new(&disk_s).expect("xfs");
+        let dir = x.path().join("bindsto");
+        std::fs::create_dir(&dir).expect("state dir");
+        std::fs::write(dir.join("incidents.json"), br#"{"incidents": []}"#).expect("history");
+        x.unmount().expect("umount");
+    }
+    let xfs_s = XfsMount::mount_existing(&disk_s, None).expect("mount again");
+    let state_dir = xfs_s.path().join("bindsto");
+    let s_path = xfs_s.path().display().to_string();
+    let disk_c = faulty_disk();
+    let xfs_c = XfsMount::new(&disk_c).expect("xfs");
+    let c_path = xfs_c.path().display().to_string();
+    let cfg = state_config(xfs_s.path(), xfs_c.path(), &state_dir);
+    // Declared before the server guard, so dropped after it (see `StoppedServer`).
+    let mut slot: Option<Agent> = None;
+    let mut server = StoppedServer::new(&disk_s);
+
+    // (a) Start while the state disk hangs.
+    server.stop();
+    let t_start = Instant::now();
+    let agent = slot.insert(Agent::start(&cfg));
+    let up = t_start.elapsed();
+    let (addr, pid) = (agent.addr(), agent.pid());
+    let t0 = Instant::now();
+    let sampler = Sampler::start(addr, pid, t0);
+    let lat = measure(addr, STATE_REQUESTS, || {
+        t_start.elapsed() < STATE_TIMEOUT + Duration::from_secs(2) || t0.elapsed() < STATE_PHASE_MIN
+    });
+    let samples_start = sampler.finish();
+    eprintln!(
+        "never_blocks: the agent answered /healthz {:.2} s after its start with the state disk hung",
+        up.as_secs_f64()
+    );
+    report("state_start", &lat, STATE_REQUESTS);
+    check_scans("state_start", &samples_start);
+    assert!(
+        up < Duration::from_secs(5),
+        "the agent took {up:?} to answer /healthz"
+    );
+    let s = agent.status();
+    let ps = problems(&s);
+    assert!(
+        ps.iter().any(|p| p.contains("remediation unavailable")
+            && p.contains("did not answer within")
+            && p.contains(&state_dir.display().to_string())),
+        "opening the history on the hung disk should have timed out: {:#}",
+        s["remediation"]
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("is on the watched mount"),
+        "no warning that the state dir is on watched storage:\n{log}"
+    );
+    assert!(log.contains("remediation unavailable"), "{log}");
+    eprintln!(
+        "never_blocks: agent threads: {}",
+        thread_waits(pid).join(" ")
+    );
+    let exit_hung = terminate(agent, Duration::from_secs(5));
+    eprintln!(
+        "never_blocks: SIGTERM with the state disk hung: done after {exit_hung:?} (true: only \
+         threads in uninterruptible waits on the disk left); threads: {}",
+        thread_waits(pid).join(" ")
+    );
+    assert!(
+        exit_hung.is_some(),
+        "the agent did not end on SIGTERM while its state disk hung; threads: {} ({:?})",
+        thread_waits(pid).join(" "),
+        thread_states(pid)
+    );
+    server.cont();
+    assert!(
+        reaped(agent, Duration::from_secs(10)),
+        "the agent was not reaped after the disk answered"
+    );
+    slot = None;
+
+    // (b) A fresh agent, the disk healthy; then it hangs and an incident opens.
+    let agent = slot.insert(Agent::start(&cfg));
+    let (addr, pid) = (agent.addr(), agent.pid());
+    agent
+        .wait_for(Duration::from_secs(15), POLL, |s| {
+            state(s, "mount", &s_path) == "healthy"
+                && state(s, "mount", &c_path) == "healthy"
+                && problems(s)
+                    .iter()
+                    .any(|p| p.contains("is on the watched mount"))
+        })
+        .unwrap_or_else(|e| panic!("the second agent never settled: {e}"));
+    let t0 = Instant::now();
+    let sampler = Sampler::start(addr, pid, t0);
+    std::thread::sleep(8 * SCAN);
+    let baseline = sampler
+        .finish()
+        .iter()
+        .map(|s| s.threads)
+        .max()
+        .unwrap_or(0);
+    eprintln!("THREADS never_blocks_state_baseline: {baseline}");
+    // Phase (a)'s agent: one hung open on top of a healthy agent's threads.
+    check_threads("state_start", &samples_start, baseline + 1 + THREAD_SLACK);
+
+    server.stop();
+    let t0 = Instant::now();
+    let sampler = Sampler::start(addr, pid, t0);
+    xfs_c.shutdown().expect("xfs shutdown");
+    let t_fail = Instant::now();
+    let done_after = std::sync::Mutex::new(None::<Duration>);
+    let lat = measure(addr, STATE_REQUESTS, || {
+        let mut d = done_after.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_none()
+            && let Ok((_, body)) = http_get(addr, "/status", REQUEST_TIMEOUT)
+            && let Ok(s) = serde_json::from_str::<Value>(&body)
+            && last_incident(&s).is_some_and(|i| i["phase"] == "done")
+        {
+            *d = Some(t_fail.elapsed());
+        }
+        let waiting = d.is_none() && t_fail.elapsed() < Duration::from_secs(30);
+        waiting || t0.elapsed() < STATE_PHASE_MIN
+    });
+    let samples = sampler.finish();
+    let done_after = done_after.into_inner().unwrap_or_else(|e| e.into_inner());
+    report("state_hang", &lat, STATE_REQUESTS);
+    check_scans("state_hang", &samples);
+    check_threads("state_hang", &samples, baseline + 1 + THREAD_SLACK);
+    let s = agent.status();
+    let rem = &s["remediation"];
+    let done_after = done_after.unwrap_or_else(|| panic!("the ladder never finished: {rem:#}"));
+    eprintln!(
+        "never_blocks: incident done {:.2} s after the failure (hold_down {HOLD_DOWN:?}, one \
+         write timeout {STATE_TIMEOUT:?})",
+        done_after.as_secs_f64()
+    );
+    assert!(
+        done_after < HOLD_DOWN + STATE_TIMEOUT + Duration::from_secs(3),
+        "the ladder waited on the hung history: done {done_after:?} after the failure"
+    );
+    let inc = last_incident(&s).expect("an incident");
+    assert!(
+        inc["targets"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["id"] == c_path.as_str())),
+        "{inc:#}"
+    );
+    assert_eq!(inc["steps"][0]["action"], "exec", "{inc:#}");
+    assert_eq!(inc["steps"][0]["outcome"], "dry_run", "{inc:#}");
+    let ps = problems(&s);
+    assert!(
+        ps.iter()
+            .any(|p| p.contains("incident history not persisted")),
+        "{rem:#}"
+    );
+    assert!(
+        ps.iter().any(|p| p.contains("is on the watched mount")),
+        "{rem:#}"
+    );
+    let m = agent.metrics();
+    let failures = |outcome: &str| {
+        metric_with(
+            &m,
+            &format!("bindsto_remediation_state_write_failures_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (timeouts, hung) = (failures("timeout"), failures("hung"));
+    eprintln!("never_blocks: history writes: {timeouts} timed out, {hung} not tried (hung)");
+    assert_eq!(timeouts, 1.0, "one write hung and timed out");
+    assert!(hung >= 3.0, "later saves failed at once: {hung}");
+    assert_eq!(
+        metric_with(
+            &m,
+            "bindsto_remediations_total{action=\"exec\",outcome=\"dry_run\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        agent.log().contains("cannot persist the incident history"),
+        "{}",
+        agent.log()
+    );
+    eprintln!(
+        "never_blocks: agent threads: {}",
+        thread_waits(pid).join(" ")
+    );
+    // Stopping: a thread in an uninterruptible wait on the disk keeps the process until the
+    // disk answers, whatever the agent does; the agent itself must not wait for it.
+    let exit_hung = terminate(agent, Duration::from_secs(5));
+    eprintln!(
+        "never_blocks: SIGTERM during the hung write: done after {exit_hung:?} (true: only \
+         threads in uninterruptible waits on the disk left); threads: {}",
+        thread_waits(pid).join(" ")
+    );
+    assert!(
+        exit_hung.is_some(),
+        "the agent did not end on SIGTERM while its state disk hung; threads: {} ({:?})",
+        thread_waits(pid).join(" "),
+        thread_states(pid)
+    );
+    server.cont();
+    assert!(
+        reaped(agent, Duration::from_secs(10)),
+        "the agent was not reaped after the disk answered"
+    );
+    drop(server);
+    drop(slot.take());
+    drop(xfs_c);
+    drop(xfs_s);
+    eprintln!(
+        "never_blocks: state-dir test {:.1} s",
+        t_test.elapsed().as_secs_f64()
+    );
 }

@@ -4,10 +4,16 @@
 //! once per incident. The whole history (bounded) is one JSON file under the state directory,
 //! replaced atomically (write, fsync, rename), so a restarted agent neither repeats a finished
 //! action nor forgets an incident. The state directory is on the root filesystem; writes run on a
-//! blocking thread under a timeout anyway, so a sick root disk cannot stall the ladder.
+//! blocking thread under a timeout anyway, so a sick root disk cannot stall the ladder. A write
+//! that hangs keeps its thread; until it returns no other write is started (each would hang and
+//! hold one more thread, and cost the ladder another timeout): saves fail at once instead.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -140,14 +146,30 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing {} did not finish within {WRITE_TIMEOUT:?}", .path.display())]
-    Timeout { path: PathBuf },
+    #[error("writing {} did not finish within {timeout:?}", .path.display())]
+    Timeout { path: PathBuf, timeout: Duration },
+    #[error("not written: an earlier write of {} is still hanging", .path.display())]
+    Hung { path: PathBuf },
+}
+
+impl StoreError {
+    /// The `outcome` label of `bindsto_remediation_state_write_failures_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            StoreError::Dir { .. } | StoreError::Write { .. } => "error",
+            StoreError::Timeout { .. } => "timeout",
+            StoreError::Hung { .. } => "hung",
+        }
+    }
 }
 
 /// The incident history and where it is kept.
 pub struct Store {
     path: PathBuf,
     pub incidents: Vec<Incident>,
+    /// A write is running (possibly hung) on a blocking thread.
+    writing: Arc<AtomicBool>,
+    write_timeout: Duration,
 }
 
 /// What loading found, for the caller to log.
@@ -178,7 +200,15 @@ impl Store {
                 Err(e) => (Vec::new(), move_aside(&path, e.to_string())),
             },
         };
-        Ok((Store { path, incidents }, loaded))
+        Ok((
+            Store {
+                path,
+                incidents,
+                writing: Arc::default(),
+                write_timeout: WRITE_TIMEOUT,
+            },
+            loaded,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -234,9 +264,19 @@ impl Store {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
+        if self.writing.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Hung {
+                path: self.path.clone(),
+            });
+        }
         let path = self.path.clone();
-        let task = tokio::task::spawn_blocking(move || write_atomic(&path, &body));
-        match tokio::time::timeout(WRITE_TIMEOUT, task).await {
+        let writing = Arc::clone(&self.writing);
+        let task = tokio::task::spawn_blocking(move || {
+            let r = write_atomic(&path, &body);
+            writing.store(false, Ordering::SeqCst);
+            r
+        });
+        match tokio::time::timeout(self.write_timeout, task).await {
             Ok(Ok(r)) => r.map_err(|source| StoreError::Write {
                 path: self.path.clone(),
                 source,
@@ -247,6 +287,7 @@ impl Store {
             }),
             Err(_) => Err(StoreError::Timeout {
                 path: self.path.clone(),
+                timeout: self.write_timeout,
             }),
         }
     }
@@ -340,6 +381,8 @@ mod rfc3339_opt {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+
     use super::*;
 
     fn incident(id: &str, started: Option<SystemTime>, phase: Phase) -> Incident {
@@ -406,11 +449,60 @@ mod tests {
         assert!(why.contains("EOF"), "{why}");
     }
 
+    /// A hanging filesystem cannot be made without root (the privileged `never_blocks` test
+    /// hangs the real one); a FIFO in place of the temporary file blocks `open(2)` for real
+    /// until a reader comes.
+    #[tokio::test]
+    async fn a_hanging_write_is_not_repeated_and_fails_the_next_saves_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(dir.path()).unwrap();
+        s.write_timeout = Duration::from_millis(200);
+        let tmp = dir.path().join("incidents.json.tmp");
+        nix::unistd::mkfifo(&tmp, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        s.incidents.push(incident("a", None, Phase::Pending));
+        let t = std::time::Instant::now();
+        let e = s.save().await.unwrap_err();
+        assert!(matches!(e, StoreError::Timeout { .. }), "{e}");
+        assert_eq!(e.outcome(), "timeout");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // While it hangs: no wait, no second writer (it would block on the FIFO as well).
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let e = s.save().await.unwrap_err();
+            assert!(matches!(e, StoreError::Hung { .. }), "{e}");
+            assert!(e.to_string().contains("still hanging"), "{e}");
+            assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        }
+        // Released (a reader opens the FIFO): the hung write returns (a FIFO cannot be synced,
+        // so it fails), and with the FIFO gone the next save writes the file.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&tmp)
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.writing.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never returned"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(reader);
+        std::fs::remove_file(&tmp).unwrap();
+        s.save().await.unwrap();
+        let (s2, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded, Loaded::Read(1));
+        assert_eq!(s2.incidents[0].id, "a");
+    }
+
     #[test]
     fn rate_window_counts_the_last_hour() {
         let now = SystemTime::now();
         let s = Store {
             path: PathBuf::new(),
+            writing: Arc::default(),
+            write_timeout: WRITE_TIMEOUT,
             incidents: vec![
                 incident(
                     "old",

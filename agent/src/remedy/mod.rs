@@ -81,6 +81,8 @@ pub struct Remedy {
     ecs: Option<EcsInstance>,
     identity_problems: Vec<String>,
     store_problem: Option<String>,
+    /// The state dir shares a mount with a critical watch (stays as long as the config does).
+    placement_problem: Option<String>,
     hostname: String,
 }
 
@@ -89,8 +91,9 @@ impl Remedy {
     /// repeat a ladder after a restart.
     pub fn new(cfg: Arc<Config>, shared: Arc<Shared>) -> Result<Self, incident::StoreError> {
         let r = &cfg.remediate;
-        let (store, loaded) = Store::open(&r.state_dir)?;
+        // Before opening: if the directory hangs, the warning still says why.
         let on_watched = state_dir_on_watched_storage(&cfg);
+        let (store, loaded) = Store::open(&r.state_dir)?;
         match &loaded {
             Loaded::Fresh => info!(path = %store.path().display(), "no incident history yet"),
             Loaded::Read(n) => {
@@ -108,7 +111,7 @@ impl Remedy {
                 "corrupt incident history moved to {}: {why}",
                 aside.display()
             )),
-            _ => on_watched,
+            _ => None,
         };
         let restored = store
             .incidents
@@ -130,6 +133,7 @@ impl Remedy {
             ecs,
             identity_problems: Vec::new(),
             store_problem,
+            placement_problem: on_watched,
             hostname,
         })
     }
@@ -721,8 +725,16 @@ impl Remedy {
         match self.store.save().await {
             Ok(()) => self.store_problem = None,
             Err(e) => {
-                error!(error = %e, "cannot persist the incident history");
-                self.store_problem = Some(e.to_string());
+                // The ladder goes on from memory; /status and the metric say it is not kept.
+                error!(error = %e, "cannot persist the incident history; the ladder goes on without it");
+                self.shared
+                    .metrics
+                    .remediation_state_write_failures
+                    .get_or_create(&metrics::OutcomeLabels {
+                        outcome: e.outcome().to_owned(),
+                    })
+                    .inc();
+                self.store_problem = Some(format!("incident history not persisted: {e}"));
             }
         }
         self.publish();
@@ -730,6 +742,7 @@ impl Remedy {
 
     fn publish(&self) {
         let mut problems = self.identity_problems.clone();
+        problems.extend(self.placement_problem.clone());
         problems.extend(self.store_problem.clone());
         let skip = self.store.incidents.len().saturating_sub(REPORT_INCIDENTS);
         let report = Report {
