@@ -464,7 +464,10 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
     let pid = agent.pid();
     agent
         .wait_for(Duration::from_secs(15), POLL, |s| {
-            state(s, "mount", &w_s) == "healthy" && state(s, "mount", &fuse2_s) == "healthy"
+            // The FUSE mount's statfs reports its one file filling it: `fs_full` may degrade it,
+            // which is fine; what matters is that the agent observes and probes it.
+            state(s, "mount", &w_s) == "healthy"
+                && matches!(state(s, "mount", &fuse2_s).as_str(), "healthy" | "degraded")
         })
         .unwrap_or_else(|e| panic!("the agent never observed both watches: {e}"));
 
