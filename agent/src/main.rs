@@ -212,6 +212,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
                 }
             };
+            run::preload_probes_and_drop_privileges();
             runtime()?.block_on(run::run_service(cfg, Some(source), shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }

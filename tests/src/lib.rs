@@ -31,6 +31,7 @@
 pub mod agent;
 pub mod aws;
 pub mod faulty;
+pub mod ladder;
 pub mod proc;
 pub mod sys;
 pub mod xfs;

@@ -47,8 +47,9 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// Started and not finished: the agent died during it, so it runs again (every action is
-    /// idempotent).
+    /// Started and not finished: the agent died during it, so it runs again, after checking
+    /// AWS for a call that already took effect (`ecs-drain`: the instance is DRAINING,
+    /// `asg-unhealthy`: it is Unhealthy), so that call is not sent twice.
     Started,
     Done,
     Failed,
@@ -139,6 +140,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Unsafe(#[from] crate::file_safety::UnsafeFile),
     #[error("writing {} did not finish within {WRITE_TIMEOUT:?}", .path.display())]
     Timeout { path: PathBuf },
 }
@@ -165,7 +168,11 @@ impl Store {
             dir: dir.into(),
             source,
         })?;
+        // A history others can write could stop the ladder (or replay it): refused.
+        crate::file_safety::check("state directory", dir)?;
         let path = dir.join(FILE);
+        crate::file_safety::check("incident history", &path)?;
+        crate::file_safety::check("ECS identity cache", &dir.join("ecs-instance.json"))?;
         let (incidents, loaded) = match std::fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), Loaded::Fresh),
             Err(e) => (Vec::new(), move_aside(&path, e.to_string())),

@@ -96,12 +96,15 @@ impl Remedy {
             Loaded::Read(n) => {
                 info!(path = %store.path().display(), incidents = n, "incident history loaded")
             }
-            Loaded::MovedAside(aside, why) => error!(
+            Loaded::MovedAside(aside, why) => {
+                shared.metrics.state_files_moved_aside.inc();
+                error!(
                 path = %store.path().display(),
                 moved_to = %aside.display(),
                 error = %why,
                 "incident history is corrupt; moved aside, starting with an empty history"
-            ),
+                )
+            }
         }
         let store_problem = match loaded {
             Loaded::MovedAside(aside, why) => Some(format!(
@@ -468,7 +471,11 @@ impl Remedy {
             self.put(inc.clone()).await;
 
             let clock = std::time::Instant::now();
-            let (outcome, detail, retry_at) = self.execute(action, &inc).await;
+            let resumed = prior == Some(Outcome::Started);
+            if resumed {
+                warn!(incident = %inc.id, action = action.name(), attempts, "a step was in flight when the agent stopped; checking whether it took effect before acting again");
+            }
+            let (outcome, detail, retry_at) = self.execute(action, &inc, resumed).await;
             let took = clock.elapsed();
             if let Some(s) = inc.step_mut(action) {
                 s.outcome = outcome;
@@ -517,10 +524,11 @@ impl Remedy {
         &mut self,
         action: Action,
         inc: &Incident,
+        resumed: bool,
     ) -> (Outcome, String, Option<SystemTime>) {
         let dry = self.cfg.dry_run;
         match action {
-            Action::EcsDrain => self.ecs_drain(dry).await,
+            Action::EcsDrain => self.ecs_drain(dry, resumed).await,
             Action::StopUnits => self.stop_units(dry).await,
             Action::AsgUnhealthy => self.asg_unhealthy(dry).await,
             Action::Exec => self.exec(dry, inc).await,
@@ -538,7 +546,11 @@ impl Remedy {
         (outcome, format!("{what} ({why})"), None)
     }
 
-    async fn ecs_drain(&mut self, dry: bool) -> (Outcome, String, Option<SystemTime>) {
+    async fn ecs_drain(
+        &mut self,
+        dry: bool,
+        resumed: bool,
+    ) -> (Outcome, String, Option<SystemTime>) {
         if self.ecs.is_none() {
             self.refresh_identity().await;
         }
@@ -571,6 +583,29 @@ impl Remedy {
             );
         }
         let budget = self.rem().ecs_drain.timeout;
+        // An interrupted drain may have reached ECS before the agent died: look before acting,
+        // so the call is made once. A failed look falls through to the (idempotent) drain.
+        if resumed {
+            match tokio::time::timeout(budget, aws::ecs_status(self.rem(), &ecs, &region)).await {
+                Ok(Ok(Some(status))) if status == "DRAINING" => {
+                    return (
+                        Outcome::Done,
+                        format!(
+                            "container instance {} in cluster {} is already DRAINING (the interrupted call reached ECS; not sent again)",
+                            ecs.container_instance_arn, ecs.cluster
+                        ),
+                        None,
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read the container instance's status; draining again")
+                }
+                Err(_) => {
+                    warn!("reading the container instance's status timed out; draining again")
+                }
+            }
+        }
         match tokio::time::timeout(budget, aws::ecs_drain(self.rem(), &ecs, &region)).await {
             Ok(Ok(detail)) => (Outcome::Done, detail, None),
             Ok(Err(e)) => (Outcome::Failed, e.to_string(), None),
@@ -651,6 +686,16 @@ impl Remedy {
                 fleet.percent_out(),
                 a.fleet_max_unhealthy_percent
             );
+            if fleet.me_unhealthy && !dry {
+                return Ok((
+                    Outcome::Done,
+                    format!(
+                        "instance {} is already Unhealthy (not sent again); {view}",
+                        me.instance_id
+                    ),
+                    None,
+                ));
+            }
             let hold = fleet.percent_out() > a.fleet_max_unhealthy_percent;
             if dry {
                 let verdict = if hold {
