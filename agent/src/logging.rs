@@ -5,6 +5,31 @@
 
 use std::os::unix::fs::MetadataExt;
 
+/// Targets whose debug and trace lines carry credentials: the AWS SDK's orchestrator dumps its
+/// config bag (the resolved identity, access key id included) at debug, SigV4 the canonical
+/// request with its `x-amz-security-token` at trace. The SDK crates (a target matches by
+/// prefix) are capped at info whatever filter the operator sets.
+pub const SECRET_BEARING: [&str; 5] = [
+    "aws_smithy=info",
+    "aws_sigv4=info",
+    "aws_config=info",
+    "aws_runtime=info",
+    "aws_sdk=info",
+];
+
+/// `filter` (tracing env-filter syntax; `info` when invalid) with [`SECRET_BEARING`] capped,
+/// so AWS credentials never reach a log at any level.
+pub fn env_filter(filter: &str) -> tracing_subscriber::EnvFilter {
+    let mut f = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for d in SECRET_BEARING {
+        if let Ok(d) = d.parse() {
+            f = f.add_directive(d);
+        }
+    }
+    f
+}
+
 /// Whether stderr is the journal stream systemd set up for this process.
 pub fn stderr_is_journal() -> bool {
     let Some(v) = std::env::var_os("JOURNAL_STREAM") else {

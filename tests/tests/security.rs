@@ -166,6 +166,9 @@ fn under_the_units_bounding_set_the_same_set_is_kept() {
         other => panic!("unexpected capability {other} in the unit"),
     };
     let unit_set = CapSet(names.iter().fold(0u64, |m, n| m | 1 << number(n)));
+    // Capabilities this machine's own bounding set lacks cannot be raised (as in operator.rs).
+    let own = caps(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let host_bounding = own.iter().find(|(k, _)| k == "CapBnd").unwrap().1;
     // The runtime set is within the unit's: what the agent keeps, the unit grants.
     let keep = runtime_set(last_cap());
     assert_eq!(keep.0 & unit_set.0, keep.0, "unit lacks {keep}");
@@ -190,7 +193,7 @@ fn under_the_units_bounding_set_the_same_set_is_kept() {
     let xfs = XfsMount::new(&disk).expect("xfs");
     let mut agent = Agent::start_with(&wrapper, &watch_config(xfs.path(), state.path()), &[])
         .expect("confined agent starts");
-    assert_caps(&agent, unit_set);
+    assert_caps(&agent, CapSet(unit_set.0 & host_bounding.0));
     assert!(agent.log().contains("no CAP_SETPCAP"), "{}", agent.log());
     detects_a_shutdown(&mut agent, &xfs);
 }
@@ -459,11 +462,12 @@ fn aws_credentials_are_never_logged() {
         .unwrap_or_else(|e| panic!("ladder did not finish: {e}"));
     assert_eq!(w.recorder.count("SetInstanceHealth"), 1);
     let log = agent.log();
-    // The log really is at trace level for the AWS SDK (signing included), so the check bites.
+    // The log really is at trace level (the AWS SDK's own debug and trace lines are capped
+    // by the agent, since they dump the resolved credentials), so the check bites.
     assert!(log.contains("TRACE"), "not at trace level");
     assert!(
-        log.contains("aws_sigv4") || log.contains("aws_smithy"),
-        "no AWS SDK trace lines"
+        log.contains("TRACE hyper_util::client"),
+        "the AWS calls' HTTP not traced"
     );
     let mut places: Vec<(String, String)> = vec![
         ("log".into(), log),
