@@ -137,17 +137,30 @@ enum ConfigCommand {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let filter = bindsto::logging::env_filter(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // The AWS SDK's debug/trace lines carry credentials: capped whatever the filter says.
+    let no_secrets = bindsto::logging::no_secrets();
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(no_secrets)
+            .init(),
         // journald stamps every line itself: no second timestamp there, and never colour.
         LogFormat::Human if bindsto::logging::stderr_is_journal() => {
-            builder.with_ansi(false).without_time().init();
+            builder
+                .with_ansi(false)
+                .without_time()
+                .finish()
+                .with(no_secrets)
+                .init();
         }
-        LogFormat::Human => builder.with_ansi(false).init(),
+        LogFormat::Human => builder.with_ansi(false).finish().with(no_secrets).init(),
     }
 }
 

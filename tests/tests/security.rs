@@ -450,7 +450,11 @@ fn aws_credentials_are_never_logged() {
         ("AWS_SECRET_ACCESS_KEY", SECRET),
         ("AWS_SESSION_TOKEN", TOKEN),
         ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("BINDSTO_LOG", "trace"),
+        // Even naming the SDK's crates explicitly does not lift the agent's cap on them.
+        (
+            "BINDSTO_LOG",
+            "trace,aws_smithy_runtime=trace,aws_sigv4=trace,aws_config=trace",
+        ),
         ("RUST_LOG", "trace"),
     ];
     let mut agent =
