@@ -349,3 +349,104 @@ fn kill9_leaves_no_bpf_programs_maps_or_pins() {
         maps.len()
     );
 }
+
+/// `kill -9` while `exec` runs: the command dies with the agent (no leftover beside the rerun),
+/// the restarted agent runs it again once, and its stdin shows the interrupted attempt.
+#[test]
+fn kill9_during_exec_takes_the_command_along_and_reruns_it_once() {
+    let _g = privileged();
+    let disk = bindsto_tests::FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let m = xfs.path().display().to_string();
+    let state = tempfile::Builder::new()
+        .prefix("bindsto-state-")
+        .tempdir()
+        .unwrap();
+    let (mark, pidfile, out) = (
+        state.path().join("first-attempt"),
+        state.path().join("first-attempt.pid"),
+        state.path().join("exec-runs.jsonl"),
+    );
+    // First attempt: leaves a mark and becomes a long sleep (same PID); later ones record stdin.
+    let script = format!(
+        "if [ -e {mark} ]; then cat >> {out}; echo >> {out}; else touch {mark}; echo $$ > {pidfile}; exec sleep 60; fi",
+        mark = mark.display(),
+        out = out.display(),
+        pidfile = pidfile.display()
+    );
+    let cfg = format!(
+        r#"dry_run = false
+[detect]
+scan_interval = "250ms"
+fstypes = ["xfs"]
+[[watch]]
+path = "{m}"
+critical = true
+[remediate]
+actions = ["exec"]
+hold_down = "1s"
+state_dir = "{}"
+[remediate.exec]
+command = ["/bin/sh", "-c", "{}"]
+timeout = "90s"
+"#,
+        state.path().display(),
+        script.replace('"', "\\\"")
+    );
+    let mut agent = start(&cfg);
+    agent
+        .wait_for(Duration::from_secs(15), POLL, |s| {
+            s["targets"]
+                .as_array()
+                .is_some_and(|ts| ts.iter().any(|t| t["id"] == m.as_str()))
+        })
+        .unwrap_or_else(|e| panic!("mount not watched: {e}\n{}", agent.log()));
+    xfs.shutdown().expect("shutdown");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exec never started: {}",
+            agent.log()
+        );
+        std::thread::sleep(POLL);
+    };
+    assert_eq!(outcome(&agent.status(), "exec"), "started");
+    agent.kill9();
+    // PR_SET_PDEATHSIG: the command is killed with the agent.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "exec's command (pid {pid}) outlived the killed agent"
+        );
+        std::thread::sleep(POLL);
+    }
+
+    let mut agent = start(&cfg);
+    agent
+        .wait_for(Duration::from_secs(60), POLL, |s| phase(s) == "done")
+        .unwrap_or_else(|e| panic!("ladder did not finish: {e}\n{}", agent.log()));
+    let s = agent.status();
+    assert_eq!(outcome(&s, "exec"), "done", "{s:#}");
+    assert_eq!(step(&s, "exec").unwrap()["attempts"], 2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(exec_runs(&out), 1, "the rerun ran more or less than once");
+    let stdin: Value = serde_json::from_str(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let st = &stdin["steps"][0];
+    assert_eq!(st["outcome"], "started", "{stdin:#}");
+    assert_eq!(st["attempts"], 2, "{stdin:#}");
+}

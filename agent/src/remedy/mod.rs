@@ -1025,6 +1025,12 @@ command = ["/bin/sh", "-c", "cat >> {}"]
         assert_eq!(step.outcome, Outcome::Done);
         assert_eq!(step.attempts, 2);
         assert_eq!(bed.runs(), 1);
+        // The rerun can tell: its stdin shows the step started before, attempt 2.
+        let stdin = std::fs::read_to_string(bed.out()).unwrap();
+        assert!(
+            stdin.contains(r#""action":"exec","outcome":"started","detail":"","attempts":2"#),
+            "{stdin}"
+        );
     }
 
     #[tokio::test]
