@@ -120,7 +120,7 @@ type Probes = (
 );
 
 /// Probes loaded by [`preload_probes_and_drop_privileges`] for the next [`run_service`].
-static PRELOADED: Mutex<Option<Probes>> = Mutex::new(None);
+static PRELOADED: std::sync::Mutex<Option<Probes>> = std::sync::Mutex::new(None);
 
 /// `bindsto run`: loads and attaches the kernel programs while the process is single-threaded
 /// (before the async runtime exists), then drops the capabilities the agent no longer needs,
