@@ -70,6 +70,8 @@ pub struct Watch {
 pub enum ConfigError {
     #[error("config {}: cannot read: {source}", .path.display())]
     Read { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Unsafe(#[from] crate::file_safety::UnsafeFile),
     #[error("config {origin}: {}{}{message}", line_part(.line), key_part(.key))]
     Invalid {
         origin: String,
@@ -93,7 +95,7 @@ impl ConfigError {
     /// Process exit code: the CLI contract exits 2 on any error, config errors included.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ConfigError::Read { .. } | ConfigError::Invalid { .. } => 2,
+            ConfigError::Read { .. } | ConfigError::Unsafe(_) | ConfigError::Invalid { .. } => 2,
         }
     }
 }
@@ -148,6 +150,7 @@ impl Config {
         let Some(path) = path else {
             return Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN);
         };
+        crate::file_safety::check("config", path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,

@@ -137,18 +137,30 @@ enum ConfigCommand {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = bindsto::logging::env_filter(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // The AWS SDK's debug/trace lines carry credentials: capped whatever the filter says.
+    let no_secrets = bindsto::logging::no_secrets();
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(no_secrets)
+            .init(),
         // journald stamps every line itself: no second timestamp there, and never colour.
         LogFormat::Human if bindsto::logging::stderr_is_journal() => {
-            builder.with_ansi(false).without_time().init();
+            builder
+                .with_ansi(false)
+                .without_time()
+                .finish()
+                .with(no_secrets)
+                .init();
         }
-        LogFormat::Human => builder.with_ansi(false).init(),
+        LogFormat::Human => builder.with_ansi(false).finish().with(no_secrets).init(),
     }
 }
 
@@ -207,6 +219,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
                 }
             };
+            run::preload_probes_and_drop_privileges();
             // Threads hung on watched storage must not hold the exit.
             bindsto::rt::run_to_end(
                 runtime()?,

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub scan_duration: GaugeF,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub config_last_reload_successful: Gauge,
+    pub state_files_moved_aside: Counter,
     pub healthy: Gauge,
     pub target_failed: Family<TargetLabels, Gauge>,
     pub target_reason: Family<ReasonLabels, Gauge>,
@@ -126,6 +127,7 @@ impl Metrics {
             scan_duration: GaugeF::default(),
             config_reloads: Family::default(),
             config_last_reload_successful: Gauge::default(),
+            state_files_moved_aside: Counter::default(),
             healthy: Gauge::default(),
             target_failed: Family::default(),
             target_reason: Family::default(),
@@ -258,6 +260,11 @@ impl Metrics {
             "config_last_reload_successful",
             "1 when the last config load (start or SIGHUP) succeeded, 0 when it was rejected",
             m.config_last_reload_successful.clone(),
+        );
+        r.register(
+            "state_files_moved_aside",
+            "Corrupt or truncated state files (incident history) found at start and moved aside",
+            m.state_files_moved_aside.clone(),
         );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info

@@ -109,6 +109,28 @@ fn load_probes_from(
     }
 }
 
+type Probes = (
+    Option<Loaded>,
+    Option<crate::probes::Maps>,
+    Vec<ProbeStatus>,
+);
+
+/// Probes loaded by [`preload_probes_and_drop_privileges`] for the next [`run_service`].
+static PRELOADED: std::sync::Mutex<Option<Probes>> = std::sync::Mutex::new(None);
+
+/// `bindsto run`: loads and attaches the kernel programs while the process is single-threaded
+/// (before the async runtime exists), then drops the capabilities the agent no longer needs,
+/// so every thread started later runs with the reduced set (see [`crate::privileges`]).
+pub fn preload_probes_and_drop_privileges() {
+    let probes = load_probes();
+    crate::privileges::drop_after_attach();
+    *PRELOADED.lock().unwrap_or_else(|e| e.into_inner()) = Some(probes);
+}
+
+fn take_preloaded() -> Option<Probes> {
+    PRELOADED.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
 fn all_probes(state: ProbeState, detail: &str) -> Vec<ProbeStatus> {
     PROGRAMS
         .iter()
@@ -242,7 +264,8 @@ async fn drive(
     let shared = in_process::shared()
         .unwrap_or_else(|| Arc::new(Shared::new(metrics, SystemTime::now(), cfg.dry_run)));
 
-    let (mut loaded, maps, probe_status) = load_probes_from(in_process::layouts());
+    let (mut loaded, maps, probe_status) =
+        take_preloaded().unwrap_or_else(|| load_probes_from(in_process::layouts()));
     // Loading parses the kernel's BTF (megabytes); hand the freed heap back to the system so
     // the resident size reflects what the agent keeps, not what loading once needed.
     // SAFETY: glibc's malloc_trim only releases free memory; no pointers are involved.

@@ -76,6 +76,7 @@ fn iam_policy_grants_exactly_the_ladder_actions() {
             "autoscaling:DescribeAutoScalingGroups",
             "autoscaling:DescribeAutoScalingInstances",
             "autoscaling:SetInstanceHealth",
+            "ecs:DescribeContainerInstances",
             "ecs:UpdateContainerInstancesState",
         ]
     );

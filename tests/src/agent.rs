@@ -269,6 +269,18 @@ impl Agent {
         }
     }
 
+    /// `kill -9` by PID (no chance to clean up, as in a crash or an OOM kill) and reaps it.
+    pub fn kill9(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        // Unreaped, so the PID is still our child's.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        child.wait().ok()
+    }
+
     /// Stops the agent (SIGTERM, 5 s, SIGKILL) and returns how it exited.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;

@@ -326,6 +326,9 @@ pub struct Call {
 pub struct Recorder {
     server: Server,
     pub calls: Arc<Mutex<Vec<Call>>>,
+    /// Calls (by name) whose answer is held back this long after moto has acted on them: the
+    /// call takes effect but the caller does not learn it in time (an agent killed meanwhile).
+    pub delays: Arc<Mutex<Vec<(String, Duration)>>>,
 }
 
 fn call_name(req: &Request) -> String {
@@ -343,6 +346,8 @@ impl Recorder {
     pub fn start(upstream: SocketAddr) -> anyhow::Result<Recorder> {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&calls);
+        let delays: Arc<Mutex<Vec<(String, Duration)>>> = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::clone(&delays);
         let server = Server::start(move |mut client| {
             let Ok(clone) = client.try_clone() else {
                 return;
@@ -372,6 +377,15 @@ impl Recorder {
                 up.read_to_end(&mut resp)?;
                 Ok(resp)
             })();
+            let delay = held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(n, _)| *n == call_name(&req))
+                .map(|(_, d)| *d);
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
             match forwarded {
                 Ok(resp) => {
                     let text = String::from_utf8_lossy(&resp);
@@ -392,7 +406,24 @@ impl Recorder {
                 Err(e) => respond(&mut client, 502, &e.to_string()),
             }
         })?;
-        Ok(Recorder { server, calls })
+        Ok(Recorder {
+            server,
+            calls,
+            delays,
+        })
+    }
+
+    /// Holds back the answer to every `name` call by `d` (moto has acted on it by then).
+    pub fn delay_answer(&self, name: &str, d: Duration) {
+        self.delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_owned(), d));
+    }
+
+    /// How many `name` calls reached moto.
+    pub fn count(&self, name: &str) -> usize {
+        self.names().iter().filter(|n| *n == name).count()
     }
 
     pub fn url(&self) -> String {

@@ -33,6 +33,7 @@ pub mod aws;
 pub mod bpfmap;
 pub mod churn;
 pub mod faulty;
+pub mod ladder;
 pub mod proc;
 pub mod sys;
 pub mod xfs;

@@ -102,6 +102,33 @@ pub async fn ecs_drain(
     ))
 }
 
+/// The container instance's status (`DescribeContainerInstances`), asked before repeating a
+/// drain that a restart interrupted: if the first call reached ECS, it is not sent again.
+pub async fn ecs_status(
+    cfg: &Remediate,
+    ecs: &EcsInstance,
+    region: &str,
+) -> Result<Option<String>, AwsError> {
+    let sdk = sdk_config(cfg, region, cfg.ecs_drain.timeout).await;
+    let mut conf = aws_sdk_ecs::config::Builder::from(&sdk);
+    if let Some(url) = &cfg.ecs_drain.endpoint_url {
+        conf = conf.endpoint_url(url);
+    }
+    let client = aws_sdk_ecs::Client::from_conf(conf.build());
+    let out = client
+        .describe_container_instances()
+        .cluster(&ecs.cluster)
+        .container_instances(&ecs.container_instance_arn)
+        .send()
+        .await
+        .map_err(|e| call_error("ecs:DescribeContainerInstances", e))?;
+    Ok(out
+        .container_instances()
+        .first()
+        .and_then(|c| c.status())
+        .map(str::to_owned))
+}
+
 /// The fleet breaker's view of this instance's Auto Scaling group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fleet {
@@ -109,6 +136,9 @@ pub struct Fleet {
     pub total: usize,
     /// Other instances that are unhealthy or not InService.
     pub out_of_service: usize,
+    /// This instance is already marked unhealthy (a SetInstanceHealth that an agent restart
+    /// interrupted reached Auto Scaling, or its own health check did): nothing to send.
+    pub me_unhealthy: bool,
 }
 
 impl Fleet {
@@ -146,6 +176,14 @@ impl AutoScaling {
             .send()
             .await
             .map_err(|e| call_error("autoscaling:DescribeAutoScalingInstances", e))?;
+        let me_unhealthy = out
+            .auto_scaling_instances()
+            .iter()
+            .filter(|i| i.instance_id() == Some(me.instance_id.as_str()))
+            .any(|i| {
+                i.health_status()
+                    .is_some_and(|h| h.eq_ignore_ascii_case("unhealthy"))
+            });
         let Some(group) = out
             .auto_scaling_instances()
             .iter()
@@ -180,6 +218,7 @@ impl AutoScaling {
             group,
             total: instances.len(),
             out_of_service,
+            me_unhealthy,
         }))
     }
 
@@ -210,12 +249,14 @@ mod tests {
             group: "g".into(),
             total: 5,
             out_of_service: 1,
+            me_unhealthy: false,
         };
         assert_eq!(f.percent_out(), 20.0);
         let f = Fleet {
             group: "g".into(),
             total: 0,
             out_of_service: 0,
+            me_unhealthy: false,
         };
         assert_eq!(f.percent_out(), 0.0);
     }

@@ -43,7 +43,23 @@ pub async fn run(argv: &[String], input: &[u8], timeout: Duration) -> Result<Str
             source: std::io::Error::other("empty command"),
         });
     };
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    let agent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec and calls only async-signal-safe functions.
+    unsafe {
+        cmd.pre_exec(move || {
+            // An agent killed mid-step (kill -9) takes the command with it, so the step's rerun
+            // after the restart never runs beside a leftover of the first attempt.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent {
+                return Err(std::io::Error::other("the agent exited"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .args(args)
         .env_clear()
         .env(

@@ -54,8 +54,9 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// Started and not finished: the agent died during it, so it runs again (every action is
-    /// idempotent).
+    /// Started and not finished: the agent died during it, so it runs again, after checking
+    /// AWS for a call that already took effect (`ecs-drain`: the instance is DRAINING,
+    /// `asg-unhealthy`: it is Unhealthy), so that call is not sent twice.
     Started,
     Done,
     Failed,
@@ -146,6 +147,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Unsafe(#[from] crate::file_safety::UnsafeFile),
     #[error("writing {} did not finish within {timeout:?}", .path.display())]
     Timeout { path: PathBuf, timeout: Duration },
     #[error("not written: an earlier write of {} is still hanging", .path.display())]
@@ -156,7 +159,7 @@ impl StoreError {
     /// The `outcome` label of `bindsto_remediation_state_write_failures_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
-            StoreError::Dir { .. } | StoreError::Write { .. } => "error",
+            StoreError::Dir { .. } | StoreError::Write { .. } | StoreError::Unsafe(_) => "error",
             StoreError::Timeout { .. } => "timeout",
             StoreError::Hung { .. } => "hung",
         }
@@ -188,7 +191,11 @@ impl Store {
             dir: dir.into(),
             source,
         })?;
+        // A history others can write could stop the ladder (or replay it): refused.
+        crate::file_safety::check("state directory", dir)?;
         let path = dir.join(FILE);
+        crate::file_safety::check("incident history", &path)?;
+        crate::file_safety::check("ECS identity cache", &dir.join("ecs-instance.json"))?;
         let (incidents, loaded) = match std::fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), Loaded::Fresh),
             Err(e) => (Vec::new(), move_aside(&path, e.to_string())),

@@ -99,12 +99,15 @@ impl Remedy {
             Loaded::Read(n) => {
                 info!(path = %store.path().display(), incidents = n, "incident history loaded")
             }
-            Loaded::MovedAside(aside, why) => error!(
+            Loaded::MovedAside(aside, why) => {
+                shared.metrics.state_files_moved_aside.inc();
+                error!(
                 path = %store.path().display(),
                 moved_to = %aside.display(),
                 error = %why,
                 "incident history is corrupt; moved aside, starting with an empty history"
-            ),
+                )
+            }
         }
         let store_problem = match loaded {
             Loaded::MovedAside(aside, why) => Some(format!(
@@ -475,7 +478,11 @@ impl Remedy {
             self.put(inc.clone()).await;
 
             let clock = std::time::Instant::now();
-            let (outcome, detail, retry_at) = self.execute(action, &inc).await;
+            let resumed = prior == Some(Outcome::Started);
+            if resumed {
+                warn!(incident = %inc.id, action = action.name(), attempts, "a step was in flight when the agent stopped; checking whether it took effect before acting again");
+            }
+            let (outcome, detail, retry_at) = self.execute(action, &inc, resumed).await;
             let took = clock.elapsed();
             if let Some(s) = inc.step_mut(action) {
                 s.outcome = outcome;
@@ -524,10 +531,11 @@ impl Remedy {
         &mut self,
         action: Action,
         inc: &Incident,
+        resumed: bool,
     ) -> (Outcome, String, Option<SystemTime>) {
         let dry = self.cfg.dry_run;
         match action {
-            Action::EcsDrain => self.ecs_drain(dry).await,
+            Action::EcsDrain => self.ecs_drain(dry, resumed).await,
             Action::StopUnits => self.stop_units(dry).await,
             Action::AsgUnhealthy => self.asg_unhealthy(dry).await,
             Action::Exec => self.exec(dry, inc).await,
@@ -545,7 +553,11 @@ impl Remedy {
         (outcome, format!("{what} ({why})"), None)
     }
 
-    async fn ecs_drain(&mut self, dry: bool) -> (Outcome, String, Option<SystemTime>) {
+    async fn ecs_drain(
+        &mut self,
+        dry: bool,
+        resumed: bool,
+    ) -> (Outcome, String, Option<SystemTime>) {
         if self.ecs.is_none() {
             self.refresh_identity().await;
         }
@@ -578,6 +590,29 @@ impl Remedy {
             );
         }
         let budget = self.rem().ecs_drain.timeout;
+        // An interrupted drain may have reached ECS before the agent died: look before acting,
+        // so the call is made once. A failed look falls through to the (idempotent) drain.
+        if resumed {
+            match tokio::time::timeout(budget, aws::ecs_status(self.rem(), &ecs, &region)).await {
+                Ok(Ok(Some(status))) if status == "DRAINING" => {
+                    return (
+                        Outcome::Done,
+                        format!(
+                            "container instance {} in cluster {} is already DRAINING (the interrupted call reached ECS; not sent again)",
+                            ecs.container_instance_arn, ecs.cluster
+                        ),
+                        None,
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read the container instance's status; draining again")
+                }
+                Err(_) => {
+                    warn!("reading the container instance's status timed out; draining again")
+                }
+            }
+        }
         match tokio::time::timeout(budget, aws::ecs_drain(self.rem(), &ecs, &region)).await {
             Ok(Ok(detail)) => (Outcome::Done, detail, None),
             Ok(Err(e)) => (Outcome::Failed, e.to_string(), None),
@@ -658,6 +693,16 @@ impl Remedy {
                 fleet.percent_out(),
                 a.fleet_max_unhealthy_percent
             );
+            if fleet.me_unhealthy && !dry {
+                return Ok((
+                    Outcome::Done,
+                    format!(
+                        "instance {} is already Unhealthy (not sent again); {view}",
+                        me.instance_id
+                    ),
+                    None,
+                ));
+            }
             let hold = fleet.percent_out() > a.fleet_max_unhealthy_percent;
             if dry {
                 let verdict = if hold {
@@ -996,6 +1041,12 @@ command = ["/bin/sh", "-c", "cat >> {}"]
         assert_eq!(step.outcome, Outcome::Done);
         assert_eq!(step.attempts, 2);
         assert_eq!(bed.runs(), 1);
+        // The rerun can tell: its stdin shows the step started before, attempt 2.
+        let stdin = std::fs::read_to_string(bed.out()).unwrap();
+        assert!(
+            stdin.contains(r#""action":"exec","outcome":"started","detail":"","attempts":2"#),
+            "{stdin}"
+        );
     }
 
     #[tokio::test]
