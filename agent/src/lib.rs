@@ -14,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod gameday;
 pub mod health;
+pub mod httpd;
 pub mod logging;
 pub mod metrics;
 pub mod probes;
