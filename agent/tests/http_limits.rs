@@ -381,3 +381,36 @@ fn agent_defaults_close_idle_connections() {
     let _ = stop.send(());
     t.join().expect("server thread");
 }
+
+#[test]
+fn large_responses_are_not_cut_by_the_head_limit() {
+    // /status grows with the number of targets: the 8 KiB read buffer must not limit what
+    // the server writes.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx.send(l.local_addr().expect("addr")).ok();
+            let router = axum::Router::new()
+                .route("/big", axum::routing::get(|| async { "x".repeat(4 << 20) }));
+            httpd::serve(l, router, httpd::Limits::default(), async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("addr");
+    let (code, body) = api::http_get(addr, "/big", Duration::from_secs(20)).expect("GET /big");
+    assert_eq!(code, 200);
+    assert_eq!(body.len(), 4 << 20);
+    let _ = stop.send(());
+    t.join().expect("server thread");
+}
