@@ -414,3 +414,81 @@ fn large_responses_are_not_cut_by_the_head_limit() {
     let _ = stop.send(());
     t.join().expect("server thread");
 }
+
+#[test]
+fn old_connections_are_closed_and_non_readers_dropped() {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let limits = httpd::Limits {
+        max_connection_age: Duration::from_secs(1),
+        ..httpd::Limits::default()
+    };
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx.send(l.local_addr().expect("addr")).ok();
+            let router = axum::Router::new()
+                .route("/small", axum::routing::get(|| async { "ok" }))
+                .route(
+                    "/big",
+                    axum::routing::get(|| async { "x".repeat(64 << 20) }),
+                );
+            httpd::serve(l, router, limits, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("addr");
+    // A keep-alive client asking every 200 ms is closed after the age limit, between
+    // responses.
+    let mut ka = connect(addr);
+    let start = Instant::now();
+    let mut answered = 0;
+    loop {
+        if ka
+            .write_all(b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n")
+            .is_err()
+        {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match ka.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => answered += 1,
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "still open");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(answered >= 3, "only {answered} responses before the close");
+    // A client that asks for a large response and never reads it is dropped after the age
+    // limit plus the grace period.
+    let mut lazy = connect(addr);
+    lazy.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(
+        Duration::from_secs(1) + httpd::SHUTDOWN_GRACE + Duration::from_millis(1500),
+    );
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    lazy.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    loop {
+        match lazy.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < 64 << 20,
+        "the whole response arrived: the connection was not dropped"
+    );
+    let _ = stop.send(());
+    t.join().expect("server thread");
+}
