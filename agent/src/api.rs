@@ -74,15 +74,19 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, within [`crate::httpd::Limits::default`].
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::httpd::serve(
+        listener,
+        router(shared),
+        crate::httpd::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// Plain HTTP/1.1 GET for `bindsto status` (no client library needed for one request).

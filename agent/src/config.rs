@@ -597,7 +597,13 @@ fn parse_key(b: &[u8], mut i: usize) -> (Vec<String>, usize) {
         match b.get(i) {
             Some(&q @ (b'"' | b'\'')) => {
                 i = skip_string(b, i);
-                let end = if b.get(i - 1) == Some(&q) { i - 1 } else { i };
+                // An unterminated quote at the end of a line or the file ends right after
+                // the opening quote (found by the config fuzz target).
+                let end = if i >= start + 2 && b.get(i - 1) == Some(&q) {
+                    i - 1
+                } else {
+                    i
+                };
                 segments.push(String::from_utf8_lossy(&b[start + 1..end]).into_owned());
             }
             _ => {
@@ -1110,5 +1116,22 @@ mount_blocked_after = "60s"
         assert_eq!(at("3 #").as_deref(), Some("u.v.w"));
         assert_eq!(at("# z").as_deref(), Some("u.v.w"));
         assert_eq!(key_at("", 0), None);
+    }
+
+    /// Fuzz regression: a lone quote where a key was expected (at the end of a line or of the
+    /// file) panicked while locating the key for the error message.
+    #[test]
+    fn unterminated_quoted_key_is_an_error_not_a_panic() {
+        for text in [
+            "\"",
+            "'",
+            "\"\n",
+            "x = 1\n'\n",
+            "[detect]\n\"\n",
+            "[remediate]\n\"a\n",
+        ] {
+            assert!(Config::from_toml(text, "t.toml").is_err(), "{text:?}");
+        }
+        assert_eq!(parse_key(b"\"", 0), (vec![String::new()], 1));
     }
 }

@@ -15,6 +15,7 @@ pub mod events;
 pub mod file_safety;
 pub mod gameday;
 pub mod health;
+pub mod httpd;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod ops;
 mod vm;
 
@@ -65,6 +66,12 @@ enum Cmd {
     Package,
     /// `systemd-analyze verify` on packaging/systemd/bindsto.service.
     VerifyUnit,
+    /// Run every cargo-fuzz target in fuzz/ for a bounded time from the seed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 45)]
+        seconds: u64,
+    },
 }
 
 /// Debian packages, per TOOLCHAIN.md: Debian's Rust 1.96 with its library source builds the
@@ -117,6 +124,7 @@ fn main() -> ExitCode {
             if host_only || filter.is_some() {
                 return Ok(());
             }
+            fuzz::fuzz(45)?;
             // The .deb goes into the VM matrix's systemd guest, so packages come first.
             let p = ops::package()?;
             ops::test_packages(&p)?;
@@ -133,6 +141,7 @@ fn main() -> ExitCode {
             .and_then(|()| ops::package())
             .and_then(|p| ops::test_packages(&p)),
         Cmd::VerifyUnit => setup().and_then(|()| ops::verify_unit()),
+        Cmd::Fuzz { seconds } => setup().and_then(|()| fuzz::fuzz(seconds)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

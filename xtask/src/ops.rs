@@ -19,6 +19,8 @@ pub const CARGO_TOOLS: &[(&str, &str, &str)] = &[
     // (crate, version, binary)
     ("cargo-deb", "3.8.0", "cargo-deb"),
     ("cargo-generate-rpm", "0.21.1", "cargo-generate-rpm"),
+    // `cargo xtask fuzz` (fuzz/): the version pinned in xtask/src/fuzz.rs.
+    ("cargo-fuzz", crate::fuzz::CARGO_FUZZ_VERSION, "cargo-fuzz"),
 ];
 
 /// Amazon Linux 2023 ships glibc 2.34: the binary in the .rpm must not need newer symbols.

@@ -240,9 +240,13 @@ fn split_declaration(decl: &str) -> Result<(String, String), String> {
         base = stripped[..open].trim_end();
     }
     let suffix = &decl.trim_end()[base.len()..];
+    // Past the last character that cannot be in a name; that character may be multi-byte
+    // (found by the tracefs_format fuzz target).
     let start = base
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let name = &base[start..];
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(format!("declaration {decl:?} does not end in a field name"));
@@ -684,5 +688,19 @@ mod tests {
                 Err(e) => panic!("{sys}/{ev}: {e}"),
             }
         }
+    }
+
+    /// Fuzz regression: a multi-byte character right before the field name panicked (byte
+    /// index inside the character).
+    #[test]
+    fn multibyte_character_before_the_name_is_no_panic() {
+        let text = "name: sys_enter_mount\nID: 880\nformat:\n\tfield:unsigned short\u{5dc}ommon_type;\toffset:1;\tsize:2;\tsigned:0;\n";
+        let f = parse(text).expect("parses");
+        assert_eq!(f.fields[0].name, "ommon_type");
+        assert_eq!(f.fields[0].type_decl, "unsigned short\u{5dc}");
+        // The fuzzer's own input, byte for byte.
+        let crash = "name: sys_enter_mount\nID: 880\nformat:\n\tfield:unsigned short\u{5dc}ommon_type;\toffset:1;\tsize:2;\tsignedname: sys_enter_rmit:";
+        assert_eq!(parse(crash).expect("parses").fields[0].name, "ommon_type");
+        let _ = parse("format:\nfield:\u{e9};offset:0;size:1;\n");
     }
 }
