@@ -14,7 +14,10 @@
 //! - `CAP_DAC_READ_SEARCH`: the off-thread `statx`/`statfs` of every watched mount root,
 //!   whatever its permissions.
 //!
-//! On older kernels (no CAP_BPF) `CAP_SYS_ADMIN` stands in for the first two. Everything else
+//! On older kernels (no CAP_BPF) `CAP_SYS_ADMIN` stands in for the first two. So it does where
+//! `kernel.perf_event_paranoid` is above 2: Debian's and Ubuntu's kernels (default 3) then allow
+//! `perf_event_open`, and so the late attach, only with `CAP_SYS_ADMIN` (found by the VM test
+//! `nfs-server-gone` on Debian's 6.12). Everything else
 //! goes: `CAP_SYS_ADMIN` (tracefs is mounted by then), `CAP_SYS_RESOURCE` (RLIMIT_MEMLOCK is
 //! already raised), and all the rest. Nothing else needs one: tracefs files, the state
 //! directory and the config are root's own (uid 0 stays), D-Bus authorises systemd calls by
@@ -100,12 +103,25 @@ fn last_cap() -> u32 {
         .unwrap_or(CAP_BPF)
 }
 
-/// What the running agent keeps on a kernel whose last capability is `last_cap`.
-pub fn runtime_set(last_cap: u32) -> CapSet {
+/// `kernel.perf_event_paranoid` (2, the upstream default, when unreadable).
+pub fn perf_event_paranoid() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2)
+}
+
+/// What the running agent keeps on a kernel whose last capability is `last_cap`, with
+/// `kernel.perf_event_paranoid` at `perf_paranoid`.
+pub fn runtime_set(last_cap: u32, perf_paranoid: i32) -> CapSet {
     let mut keep = 1u64 << CAP_DAC_READ_SEARCH;
     if last_cap >= CAP_BPF {
         keep |= (1 << CAP_BPF) | (1 << CAP_PERFMON);
     } else {
+        keep |= 1 << CAP_SYS_ADMIN;
+    }
+    // Debian's "perf_event_paranoid = 3": perf_event_open needs CAP_SYS_ADMIN, whatever else.
+    if perf_paranoid > 2 {
         keep |= 1 << CAP_SYS_ADMIN;
     }
     CapSet(keep)
@@ -202,7 +218,7 @@ fn bounding(last: u32) -> CapSet {
 /// then runs with the capabilities it was started with (still bounded by the unit).
 pub fn drop_after_attach() {
     let last = last_cap();
-    let keep = runtime_set(last);
+    let keep = runtime_set(last, perf_event_paranoid());
     match drop_to(keep, last) {
         Ok((bset, narrowed)) => {
             let kept = capget().map(|c| c.to_string()).unwrap_or_default();
@@ -224,7 +240,7 @@ mod tests {
 
     #[test]
     fn runtime_set_by_kernel() {
-        let modern = runtime_set(40);
+        let modern = runtime_set(40, 2);
         assert!(modern.has(CAP_BPF) && modern.has(CAP_PERFMON) && modern.has(CAP_DAC_READ_SEARCH));
         assert!(!modern.has(CAP_SYS_ADMIN));
         assert_eq!(modern.0.count_ones(), 3);
@@ -233,7 +249,13 @@ mod tests {
             "cap_dac_read_search,cap_perfmon,cap_bpf"
         );
         // Amazon Linux 2 on 4.14: no CAP_BPF, CAP_SYS_ADMIN instead.
-        let old = runtime_set(37);
+        let old = runtime_set(37, 2);
         assert_eq!(old.to_string(), "cap_dac_read_search,cap_sys_admin");
+        // Debian and Ubuntu kernels (perf_event_paranoid 3): late attach needs CAP_SYS_ADMIN.
+        let debian = runtime_set(40, 3);
+        assert_eq!(
+            debian.to_string(),
+            "cap_dac_read_search,cap_sys_admin,cap_perfmon,cap_bpf"
+        );
     }
 }

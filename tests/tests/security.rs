@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bindsto::privileges::{CapSet, runtime_set};
+use bindsto::privileges::{CapSet, perf_event_paranoid, runtime_set};
 use bindsto_tests::{
     Agent, XfsMount,
     agent::{default_agent_bin, free_port},
@@ -60,7 +60,7 @@ fn thread_caps(pid: u32) -> Vec<(String, [(String, CapSet); 5])> {
 }
 
 fn assert_caps(agent: &Agent, want_bounding: CapSet) {
-    let keep = runtime_set(last_cap());
+    let keep = runtime_set(last_cap(), perf_event_paranoid());
     let threads = thread_caps(agent.pid());
     assert!(threads.len() > 1, "expected the runtime's threads");
     for (tid, c) in threads {
@@ -125,7 +125,7 @@ fn capabilities_are_dropped_after_attach_on_every_thread() {
     let xfs = XfsMount::new(&disk).expect("xfs");
     let state = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(&watch_config(xfs.path(), state.path()));
-    assert_caps(&agent, runtime_set(last_cap()));
+    assert_caps(&agent, runtime_set(last_cap(), perf_event_paranoid()));
     assert!(
         agent.log().contains("capabilities dropped after attaching"),
         "{}",
@@ -170,7 +170,7 @@ fn under_the_units_bounding_set_the_same_set_is_kept() {
     let own = caps(&std::fs::read_to_string("/proc/self/status").unwrap());
     let host_bounding = own.iter().find(|(k, _)| k == "CapBnd").unwrap().1;
     // The runtime set is within the unit's: what the agent keeps, the unit grants.
-    let keep = runtime_set(last_cap());
+    let keep = runtime_set(last_cap(), perf_event_paranoid());
     assert_eq!(keep.0 & unit_set.0, keep.0, "unit lacks {keep}");
     let dir = tempfile::tempdir().unwrap();
     let wrapper = dir.path().join("confined-bindsto");
