@@ -1,5 +1,5 @@
 //! A remediation world for tests that restart or inspect the agent during the ladder
-//! (tests/tests/restart.rs, tests/tests/security.rs): real moto behind the recording proxy,
+//! (tests/tests/remediate.rs, restart.rs, security.rs): real moto behind the recording proxy,
 //! the IMDSv2 + ECS introspection fixture, a state dir, and a FUSE-backed disk for an XFS.
 
 use std::{path::Path, time::Duration};
@@ -24,8 +24,13 @@ impl World {
     /// An Auto Scaling group of 3 healthy instances, this host's container instance, and a
     /// 300 MiB disk; `faultyfs` is the FUSE server binary (`faultyfs_bin!()`).
     pub fn new(faultyfs: impl AsRef<Path>) -> World {
+        World::with_fleet(faultyfs, 3, 0)
+    }
+
+    /// The same with `n` instances, the first `n_unhealthy` others already `Unhealthy`.
+    pub fn with_fleet(faultyfs: impl AsRef<Path>, n: usize, n_unhealthy: usize) -> World {
         let moto = Moto::start().expect("moto server");
-        let fleet = Fleet::setup(&moto, 3, 0).expect("moto setup");
+        let fleet = Fleet::setup(&moto, n, n_unhealthy).expect("moto setup");
         let imds = Imds::start(&fleet.me, "us-east-1", &fleet.cluster, &fleet.arn).expect("imds");
         let recorder = Recorder::start(moto.addr).expect("recorder");
         let state = tempfile::Builder::new()
@@ -46,8 +51,28 @@ impl World {
     /// The ladder ecs-drain, asg-unhealthy, exec (appending its stdin to `exec_out`) on a
     /// critical watch of `mount`; `hold_down` as given.
     pub fn config(&self, mount: &Path, hold_down: &str, exec_out: &Path) -> String {
+        let out = exec_out.display();
+        self.ladder_config(
+            mount,
+            false,
+            hold_down,
+            "",
+            &format!("cat >> {out}; echo >> {out}"),
+        )
+    }
+
+    /// The ladder ecs-drain, asg-unhealthy, exec on a critical watch of `mount`: `asg_extra`
+    /// goes into `[remediate.asg_unhealthy]`, `exec_script` is what `/bin/sh -c` runs.
+    pub fn ladder_config(
+        &self,
+        mount: &Path,
+        dry_run: bool,
+        hold_down: &str,
+        asg_extra: &str,
+        exec_script: &str,
+    ) -> String {
         format!(
-            r#"dry_run = false
+            r#"dry_run = {dry_run}
 
 [detect]
 scan_interval = "250ms"
@@ -77,16 +102,16 @@ imds_url = "{imds}"
 endpoint_url = "{aws}"
 fleet_max_unhealthy_percent = 20
 timeout = "20s"
+{asg_extra}
 
 [remediate.exec]
-command = ["/bin/sh", "-c", "cat >> {exec_out}; echo >> {exec_out}"]
+command = ["/bin/sh", "-c", "{exec_script}"]
 timeout = "5s"
 "#,
             mount = mount.display(),
             state = self.state.path().display(),
             imds = self.imds.url(),
             aws = self.recorder.url(),
-            exec_out = exec_out.display(),
         )
     }
 }

@@ -35,6 +35,7 @@ pub mod churn;
 pub mod faulty;
 pub mod ladder;
 pub mod proc;
+pub mod status;
 pub mod sys;
 pub mod xfs;
 

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bindsto_tests::status::{has_reason, state, target};
 use bindsto_tests::{Agent, BgProcess, FaultyDisk, Mode, XfsMount, faultyfs_bin, privileged};
 use serde_json::Value;
 
@@ -40,26 +41,6 @@ critical = true
 "#,
         watch.display()
     )
-}
-
-fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
-    s["targets"]
-        .as_array()?
-        .iter()
-        .find(|t| t["kind"] == kind && t["id"] == id)
-}
-
-fn state(s: &Value, kind: &str, id: &str) -> String {
-    target(s, kind, id)
-        .and_then(|t| t["state"].as_str())
-        .unwrap_or("absent")
-        .to_string()
-}
-
-fn has_reason(s: &Value, kind: &str, id: &str, signal: &str) -> bool {
-    target(s, kind, id)
-        .and_then(|t| t["reasons"].as_array())
-        .is_some_and(|rs| rs.iter().any(|r| r["signal"] == signal))
 }
 
 fn device<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {

@@ -43,6 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bindsto_tests::status::{has_reason, state};
 use bindsto_tests::{
     Agent, BgProcess, FaultyDisk, Mode, XfsMount, faultyfs_bin, http_get, privileged,
     proc::run_cmd, sys::mounts_at,
@@ -102,26 +103,6 @@ command = ["/bin/true"]
         fuse = fuse_watch.display(),
         state = state_dir.display(),
     )
-}
-
-fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
-    s["targets"]
-        .as_array()?
-        .iter()
-        .find(|t| t["kind"] == kind && t["id"] == id)
-}
-
-fn state(s: &Value, kind: &str, id: &str) -> String {
-    target(s, kind, id)
-        .and_then(|t| t["state"].as_str())
-        .unwrap_or("absent")
-        .to_string()
-}
-
-fn has_reason(s: &Value, kind: &str, id: &str, signal: &str) -> bool {
-    target(s, kind, id)
-        .and_then(|t| t["reasons"].as_array())
-        .is_some_and(|rs| rs.iter().any(|r| r["signal"] == signal))
 }
 
 /// `name:wchan` of each thread of `pid`: where the hung probes sleep.

@@ -14,95 +14,23 @@ use std::{
 };
 
 use bindsto_tests::{
-    Agent, FaultyDisk, XfsMount,
-    aws::{Fleet, Imds, Moto, Recorder},
-    faultyfs_bin, privileged,
+    Agent, XfsMount, faultyfs_bin,
+    ladder::{ENV, World},
+    privileged,
 };
 use serde_json::Value;
 
 const POLL: Duration = Duration::from_millis(50);
 const MUTATING: [&str; 2] = ["UpdateContainerInstancesState", "SetInstanceHealth"];
 
-struct World {
-    moto: Moto,
-    fleet: Fleet,
-    imds: Imds,
-    recorder: Recorder,
-    state: tempfile::TempDir,
-    disk: FaultyDisk,
-}
-
 fn world(n: usize, n_unhealthy: usize) -> World {
-    let moto = Moto::start().expect("moto server");
-    let fleet = Fleet::setup(&moto, n, n_unhealthy).expect("moto setup");
-    let imds = Imds::start(&fleet.me, "us-east-1", &fleet.cluster, &fleet.arn).expect("imds");
-    let recorder = Recorder::start(moto.addr).expect("recorder");
-    let state = tempfile::Builder::new()
-        .prefix("bindsto-state-")
-        .tempdir()
-        .expect("state dir");
-    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("FaultyDisk");
-    World {
-        moto,
-        fleet,
-        imds,
-        recorder,
-        state,
-        disk,
-    }
+    World::with_fleet(faultyfs_bin!(), n, n_unhealthy)
 }
 
 fn config(w: &World, mount: &Path, dry_run: bool, extra: &str, exec_out: &Path) -> String {
-    format!(
-        r#"dry_run = {dry_run}
-
-[detect]
-scan_interval = "250ms"
-io_stall_after = "3s"
-mount_blocked_after = "3s"
-probe_timeout = "2s"
-fstypes = ["xfs"]
-
-[[watch]]
-path = "{mount}"
-critical = true
-
-[remediate]
-actions = ["ecs-drain", "asg-unhealthy", "exec"]
-hold_down = "1s"
-max_per_hour = 5
-state_dir = "{state}"
-aws_max_attempts = 2
-
-[remediate.ecs_drain]
-introspection_url = "{imds}"
-endpoint_url = "{aws}"
-timeout = "20s"
-
-[remediate.asg_unhealthy]
-imds_url = "{imds}"
-endpoint_url = "{aws}"
-fleet_max_unhealthy_percent = 20
-timeout = "20s"
-{extra}
-
-[remediate.exec]
-command = ["/bin/sh", "-c", "cat > {exec_out}"]
-timeout = "5s"
-"#,
-        mount = mount.display(),
-        state = w.state.path().display(),
-        imds = w.imds.url(),
-        aws = w.recorder.url(),
-        exec_out = exec_out.display(),
-    )
+    let script = format!("cat > {}", exec_out.display());
+    w.ladder_config(mount, dry_run, "1s", extra, &script)
 }
-
-const ENV: [(&str, &str); 3] = [
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-];
 
 fn start(cfg: &str) -> Agent {
     let bin = bindsto_tests::agent::default_agent_bin().expect("agent binary");

@@ -10,25 +10,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bindsto_tests::status::target;
 use bindsto_tests::{
     Agent, FaultyDisk, XfsMount,
     agent::{default_agent_bin, free_port, set_listen},
     faultyfs_bin, privileged,
 };
 use nix::{sys::signal, unistd::Pid};
-use serde_json::Value;
 
 const POLL: Duration = Duration::from_millis(50);
 
 fn hup(agent: &Agent) {
     signal::kill(Pid::from_raw(agent.pid() as i32), signal::Signal::SIGHUP).expect("SIGHUP");
-}
-
-fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
-    s["targets"]
-        .as_array()?
-        .iter()
-        .find(|t| t["kind"] == kind && t["id"] == id)
 }
 
 /// Waits until the agent's log contains `needle` (after `skip` bytes).

@@ -1,0 +1,26 @@
+//! Lookups in the agent's `/status` JSON shared by the privileged tests.
+
+use serde_json::Value;
+
+/// The target of `kind` (`mount`, `device`, `subsystem`) with `id`.
+pub fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
+    s["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["kind"] == kind && t["id"] == id)
+}
+
+/// Its state, or `absent`.
+pub fn state(s: &Value, kind: &str, id: &str) -> String {
+    target(s, kind, id)
+        .and_then(|t| t["state"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+/// Whether it has an active reason with `signal`.
+pub fn has_reason(s: &Value, kind: &str, id: &str, signal: &str) -> bool {
+    target(s, kind, id)
+        .and_then(|t| t["reasons"].as_array())
+        .is_some_and(|rs| rs.iter().any(|r| r["signal"] == signal))
+}
