@@ -8,11 +8,10 @@ mod http_common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use bindsto::{api, engine::Shared, httpd, metrics::Metrics};
+use bindsto::{api, httpd};
 
 use http_common::*;
 
@@ -183,101 +182,46 @@ fn idle_crowd_does_not_stop_healthz() {
 #[test]
 fn agent_defaults_close_idle_connections() {
     // api::serve is what the agent runs: the default header timeout applies.
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let t = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            addr_tx.send(l.local_addr().expect("addr")).ok();
-            let shared = Arc::new(Shared::new(Metrics::new(), SystemTime::now(), true));
-            api::serve(l, shared, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .expect("serve");
-        });
-    });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("addr");
+    let srv = Server::spawn(|listener, stop| api::serve(listener, healthy(), stop));
+    let addr = srv.addr;
     assert_eq!(raw(addr, &get("/healthz")), 200);
     let limit = httpd::Limits::default().header_timeout;
     let mut idle = connect(addr);
     let took = closed_within(&mut idle, limit + Duration::from_secs(2)).expect("closed");
     assert!(took >= limit - Duration::from_millis(500), "{took:?}");
-    let _ = stop.send(());
-    t.join().expect("server thread");
 }
 
 #[test]
 fn large_responses_are_not_cut_by_the_head_limit() {
     // /status grows with the number of targets: the 8 KiB read buffer must not limit what
     // the server writes.
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let t = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            addr_tx.send(l.local_addr().expect("addr")).ok();
-            let router = axum::Router::new()
-                .route("/big", axum::routing::get(|| async { "x".repeat(4 << 20) }));
-            httpd::serve(l, router, httpd::Limits::default(), async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .expect("serve");
-        });
+    let srv = Server::spawn(|listener, stop| {
+        let router =
+            axum::Router::new().route("/big", axum::routing::get(|| async { "x".repeat(4 << 20) }));
+        httpd::serve(listener, router, httpd::Limits::default(), stop)
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("addr");
+    let addr = srv.addr;
     let (code, body) = api::http_get(addr, "/big", Duration::from_secs(20)).expect("GET /big");
     assert_eq!(code, 200);
     assert_eq!(body.len(), 4 << 20);
-    let _ = stop.send(());
-    t.join().expect("server thread");
 }
 
 #[test]
 fn old_connections_are_closed_and_non_readers_dropped() {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = httpd::Limits {
         max_connection_age: Duration::from_secs(1),
         ..httpd::Limits::default()
     };
-    let t = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            addr_tx.send(l.local_addr().expect("addr")).ok();
-            let router = axum::Router::new()
-                .route("/small", axum::routing::get(|| async { "ok" }))
-                .route(
-                    "/big",
-                    axum::routing::get(|| async { "x".repeat(64 << 20) }),
-                );
-            httpd::serve(l, router, limits, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .expect("serve");
-        });
+    let srv = Server::spawn(move |listener, stop| {
+        let router = axum::Router::new()
+            .route("/small", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/big",
+                axum::routing::get(|| async { "x".repeat(64 << 20) }),
+            );
+        httpd::serve(listener, router, limits, stop)
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("addr");
+    let addr = srv.addr;
     // A keep-alive client asking every 200 ms is closed after the age limit, between
     // responses.
     let mut ka = connect(addr);
@@ -320,6 +264,4 @@ fn old_connections_are_closed_and_non_readers_dropped() {
         got < 64 << 20,
         "the whole response arrived: the connection was not dropped"
     );
-    let _ = stop.send(());
-    t.join().expect("server thread");
 }

@@ -2,8 +2,10 @@
 #![allow(dead_code)] // each test binary uses a part
 
 use std::{
+    future::Future,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -17,8 +19,17 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What stops a server: resolves when the test drops it.
+pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 impl Server {
-    pub fn start(limits: httpd::Limits) -> Server {
+    /// Runs `serve(listener, stop)` on a runtime of its own, on a listener bound to an
+    /// ephemeral port of 127.0.0.1.
+    pub fn spawn<F, Fut>(serve: F) -> Server
+    where
+        F: FnOnce(tokio::net::TcpListener, Stop) -> Fut + Send + 'static,
+        Fut: Future<Output = std::io::Result<()>>,
+    {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -32,13 +43,10 @@ impl Server {
                     .await
                     .expect("bind");
                 addr_tx.send(listener.local_addr().expect("addr")).ok();
-                let shared = Arc::new(Shared::new(Metrics::new(), SystemTime::now(), true));
-                let stop = async {
+                let stop: Stop = Box::pin(async {
                     let _ = stop_rx.await;
-                };
-                httpd::serve(listener, api::router(shared), limits, stop)
-                    .await
-                    .expect("serve");
+                });
+                serve(listener, stop).await.expect("serve");
             });
         });
         let addr = addr_rx
@@ -51,6 +59,13 @@ impl Server {
         }
     }
 
+    /// The agent's router (healthy, no targets) under `limits`.
+    pub fn start(limits: httpd::Limits) -> Server {
+        Server::spawn(move |listener, stop| {
+            httpd::serve(listener, api::router(healthy()), limits, stop)
+        })
+    }
+
     /// Short timeouts so the tests run in seconds; sizes are the defaults.
     pub fn quick() -> Server {
         Server::start(httpd::Limits {
@@ -58,6 +73,11 @@ impl Server {
             ..httpd::Limits::default()
         })
     }
+}
+
+/// What the HTTP side reads from an engine that has published nothing: healthy, no targets.
+pub fn healthy() -> Arc<Shared> {
+    Arc::new(Shared::new(Metrics::new(), SystemTime::now(), true))
 }
 
 impl Drop for Server {
