@@ -60,18 +60,23 @@ async fn sdk_config(
         .await
 }
 
+/// The ECS client of the `ecs-drain` step: its timeout and endpoint.
+async fn ecs_client(cfg: &Remediate, region: &str) -> aws_sdk_ecs::Client {
+    let sdk = sdk_config(cfg, region, cfg.ecs_drain.timeout).await;
+    let mut conf = aws_sdk_ecs::config::Builder::from(&sdk);
+    if let Some(url) = &cfg.ecs_drain.endpoint_url {
+        conf = conf.endpoint_url(url);
+    }
+    aws_sdk_ecs::Client::from_conf(conf.build())
+}
+
 /// UpdateContainerInstancesState(DRAINING) for this host's container instance.
 pub async fn ecs_drain(
     cfg: &Remediate,
     ecs: &EcsInstance,
     region: &str,
 ) -> Result<String, AwsError> {
-    let sdk = sdk_config(cfg, region, cfg.ecs_drain.timeout).await;
-    let mut conf = aws_sdk_ecs::config::Builder::from(&sdk);
-    if let Some(url) = &cfg.ecs_drain.endpoint_url {
-        conf = conf.endpoint_url(url);
-    }
-    let client = aws_sdk_ecs::Client::from_conf(conf.build());
+    let client = ecs_client(cfg, region).await;
     let out = client
         .update_container_instances_state()
         .cluster(&ecs.cluster)
@@ -109,12 +114,7 @@ pub async fn ecs_status(
     ecs: &EcsInstance,
     region: &str,
 ) -> Result<Option<String>, AwsError> {
-    let sdk = sdk_config(cfg, region, cfg.ecs_drain.timeout).await;
-    let mut conf = aws_sdk_ecs::config::Builder::from(&sdk);
-    if let Some(url) = &cfg.ecs_drain.endpoint_url {
-        conf = conf.endpoint_url(url);
-    }
-    let client = aws_sdk_ecs::Client::from_conf(conf.build());
+    let client = ecs_client(cfg, region).await;
     let out = client
         .describe_container_instances()
         .cluster(&ecs.cluster)
