@@ -806,6 +806,29 @@ fn reaped(agent: &mut Agent, within: Duration) -> bool {
     false
 }
 
+/// SIGTERM while the state disk hangs: the agent ends within 5 s (all but the threads stuck on
+/// the disk), and is reaped once the disk answers again.
+fn sigterm_while_hung(agent: &mut Agent, server: &mut StoppedServer, when: &str) {
+    let pid = agent.pid();
+    let exit_hung = terminate(agent, Duration::from_secs(5));
+    eprintln!(
+        "never_blocks: SIGTERM {when}: done after {exit_hung:?} (true: only threads in \
+         uninterruptible waits on the disk left); threads: {}",
+        thread_waits(pid).join(" ")
+    );
+    assert!(
+        exit_hung.is_some(),
+        "the agent did not end on SIGTERM while its state disk hung; threads: {} ({:?})",
+        thread_waits(pid).join(" "),
+        thread_states(pid)
+    );
+    server.cont();
+    assert!(
+        reaped(agent, Duration::from_secs(10)),
+        "the agent was not reaped after the disk answered"
+    );
+}
+
 /// `[remediate] state_dir` on a watched XFS whose disk hangs (its FUSE server stopped, so the
 /// loop device's I/O never completes: data reads, log writes and flushes all wait).
 ///
@@ -894,23 +917,7 @@ fn state_dir_on_hung_storage_never_holds_the_agent() {
         "never_blocks: agent threads: {}",
         thread_waits(pid).join(" ")
     );
-    let exit_hung = terminate(agent, Duration::from_secs(5));
-    eprintln!(
-        "never_blocks: SIGTERM with the state disk hung: done after {exit_hung:?} (true: only \
-         threads in uninterruptible waits on the disk left); threads: {}",
-        thread_waits(pid).join(" ")
-    );
-    assert!(
-        exit_hung.is_some(),
-        "the agent did not end on SIGTERM while its state disk hung; threads: {} ({:?})",
-        thread_waits(pid).join(" "),
-        thread_states(pid)
-    );
-    server.cont();
-    assert!(
-        reaped(agent, Duration::from_secs(10)),
-        "the agent was not reaped after the disk answered"
-    );
+    sigterm_while_hung(agent, &mut server, "with the state disk hung");
     slot = None;
 
     // (b) A fresh agent, the disk healthy; then it hangs and an incident opens.
@@ -1022,23 +1029,7 @@ fn state_dir_on_hung_storage_never_holds_the_agent() {
     );
     // Stopping: a thread in an uninterruptible wait on the disk keeps the process until the
     // disk answers, whatever the agent does; the agent itself must not wait for it.
-    let exit_hung = terminate(agent, Duration::from_secs(5));
-    eprintln!(
-        "never_blocks: SIGTERM during the hung write: done after {exit_hung:?} (true: only \
-         threads in uninterruptible waits on the disk left); threads: {}",
-        thread_waits(pid).join(" ")
-    );
-    assert!(
-        exit_hung.is_some(),
-        "the agent did not end on SIGTERM while its state disk hung; threads: {} ({:?})",
-        thread_waits(pid).join(" "),
-        thread_states(pid)
-    );
-    server.cont();
-    assert!(
-        reaped(agent, Duration::from_secs(10)),
-        "the agent was not reaped after the disk answered"
-    );
+    sigterm_while_hung(agent, &mut server, "during the hung write");
     drop(server);
     drop(slot.take());
     drop(xfs_c);
