@@ -807,7 +807,7 @@ impl Engine {
         self.metrics
             .rpc_oldest
             .set(rpc.oldest.map_or(0.0, |(_, a)| a.as_secs_f64()));
-        let (mut rq, calls, stats, rpc_map) = match maps {
+        let (rq, calls, stats, rpc_map) = match maps {
             Some(m) => (
                 Some(&mut m.rq_inflight),
                 Some(&mut m.mount_calls),
@@ -822,6 +822,9 @@ impl Engine {
             .as_deref()
             .map(scanner::block_inflight)
             .unwrap_or_default();
+        // Disks with request entries but nothing in flight per sysfs, with when sysfs was read:
+        // entries older than that lost their completion. Dropped in one pass over the map.
+        let mut idle: BTreeMap<DevId, u64> = BTreeMap::new();
         let names: Vec<String> = self.devices.keys().cloned().collect();
         for name in names {
             let Some(d) = self.devices.get_mut(&name) else {
@@ -838,14 +841,8 @@ impl Engine {
             };
             let no_progress = d.progress.observe(read_ns, inflight, completed);
             let map = by_dev.get(&d.dev).copied().unwrap_or_default();
-            if inflight == 0
-                && map.requests > 0
-                && let Some(rq) = rq.as_deref_mut()
-            {
-                let n = scanner::forget_leaked(rq, d.dev, read_ns);
-                if n > 0 {
-                    debug!(device = %name, entries = n, "dropped request entries that lost their completion");
-                }
+            if inflight == 0 && map.requests > 0 {
+                idle.insert(d.dev, read_ns);
             }
             d.inflight = inflight;
             // The map knows when each tracked request was issued; sysfs only that nothing
@@ -913,25 +910,28 @@ impl Engine {
         // Requests of disks outside the observed mounts: nobody judges them, but entries that
         // lost their completion (or whose disk went away, a detached loop device) would fill
         // the map for good. Same rule as above: nothing in flight per sysfs, entry leaked.
-        if let Some(rq) = rq {
-            let observed: BTreeSet<DevId> = self.devices.values().map(|d| d.dev).collect();
-            for dev in by_dev.keys().filter(|d| !observed.contains(d)) {
-                let read_ns = scanner::monotonic_ns();
-                let idle = match self.sysfs.block_device(*dev) {
-                    None => true,
-                    Some(b) => self
-                        .sysfs
-                        .inflight(&b.sysfs_dir)
-                        .map(|(r, w)| r + w == 0)
-                        .or_else(|| self.sysfs.stat(&b.sysfs_dir).map(|s| s.in_flight == 0))
-                        .unwrap_or(false),
-                };
-                if idle {
-                    let n = scanner::forget_leaked(rq, *dev, read_ns);
-                    if n > 0 {
-                        debug!(%dev, entries = n, "dropped request entries of an unobserved or vanished disk");
-                    }
-                }
+        let observed: BTreeSet<DevId> = self.devices.values().map(|d| d.dev).collect();
+        for dev in by_dev.keys().filter(|d| !observed.contains(d)) {
+            let read_ns = scanner::monotonic_ns();
+            let gone_or_idle = match self.sysfs.block_device(*dev) {
+                None => true,
+                Some(b) => self
+                    .sysfs
+                    .inflight(&b.sysfs_dir)
+                    .map(|(r, w)| r + w == 0)
+                    .or_else(|| self.sysfs.stat(&b.sysfs_dir).map(|s| s.in_flight == 0))
+                    .unwrap_or(false),
+            };
+            if gone_or_idle {
+                idle.insert(*dev, read_ns);
+            }
+        }
+        if let Some(rq) = rq
+            && !idle.is_empty()
+        {
+            for (dev, n) in scanner::forget_leaked(rq, &idle) {
+                let observed = observed.contains(&dev);
+                debug!(%dev, entries = n, observed, "dropped request entries that lost their completion");
             }
         }
 

@@ -40,20 +40,27 @@ pub fn block_inflight(map: &HashMap<MapData, RqKey, RqVal>) -> BTreeMap<DevId, M
     out
 }
 
-/// Removes entries of `dev` issued before `before_ns`: called when sysfs says nothing is in
-/// flight on the disk, so such entries lost their completion (partial completion, a race).
+/// Removes, in one pass, the entries of each disk in `idle` issued before the time given for
+/// it: when sysfs said nothing was in flight on the disk (or it was gone), such entries lost
+/// their completion (partial completion, a race). Returns how many went, per disk.
 pub fn forget_leaked(
     map: &mut HashMap<MapData, RqKey, RqVal>,
-    dev: DevId,
-    before_ns: u64,
-) -> usize {
+    idle: &BTreeMap<DevId, u64>,
+) -> BTreeMap<DevId, usize> {
     let stale: Vec<RqKey> = map
         .iter()
         .flatten()
-        .filter(|(k, v)| DevId::from_kernel(k.dev) == dev && v.start_ns < before_ns)
+        .filter(|(k, v)| {
+            idle.get(&DevId::from_kernel(k.dev))
+                .is_some_and(|&before_ns| v.start_ns < before_ns)
+        })
         .map(|(k, _)| k)
         .collect();
-    stale.iter().filter(|k| map.remove(k).is_ok()).count()
+    let mut dropped = BTreeMap::new();
+    for k in stale.iter().filter(|k| map.remove(k).is_ok()) {
+        *dropped.entry(DevId::from_kernel(k.dev)).or_insert(0) += 1;
+    }
+    dropped
 }
 
 /// Per-device progress tracking from `/sys/block/<dev>/stat`.
