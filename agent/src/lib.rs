@@ -1,35 +1,19 @@
 //! bindsto: a kernel-level storage watchdog for container hosts.
 //!
-//! Data flow (see DESIGN.md): `probes` load the kernel programs and hand them tracefs field
-//! offsets; `events` decodes what they send; `topology` maps devices to mounts; `scanner`
-//! ages what is in flight; `confirm` probes mounts off-thread; `health` turns signals into
-//! verdicts; `engine` owns them; `remedy` takes the host out of service when critical storage
-//! fails; `api` serves them; `run` wires it all together.
+//! The folders are the data flow (see `docs/architecture.md`): `probes` load the kernel
+//! programs and decode what they send; `topology` maps devices to mounts; `scan` reads what is
+//! in flight and checks mounts off-thread; `health` turns evidence into verdicts; `publish`
+//! serves them as `/status` and metrics; `remedy` takes the host out of service when critical
+//! storage fails; `api` is HTTP; `daemon` wires it together; `cli` and `gameday` are commands.
 
 pub mod api;
+pub mod cli;
 pub mod config;
-pub mod confirm;
-pub mod doctor;
-pub mod engine;
-pub mod events;
-pub mod file_safety;
+pub mod daemon;
 pub mod gameday;
 pub mod health;
-pub mod httpd;
-pub mod limits;
-pub mod logging;
-pub mod metrics;
-pub mod pathcheck;
-pub mod privileges;
 pub mod probes;
-pub mod reload;
+pub mod publish;
 pub mod remedy;
-pub mod rt;
-pub mod run;
-pub mod scanner;
-pub mod sdnotify;
-pub mod service;
-pub mod status;
-pub mod status_table;
-pub mod target_metrics;
+pub mod scan;
 pub mod topology;

@@ -6,12 +6,13 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 use bindsto::{
     api,
+    cli::doctor,
     config::{Config, DEFAULT_TOML},
-    doctor, run,
+    daemon::run,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
-mod help;
+use bindsto::cli::help;
 
 /// bindsto: a kernel-level storage watchdog for container hosts.
 ///
@@ -138,12 +139,12 @@ enum ConfigCommand {
 
 fn init_logging(format: LogFormat, filter: &str) {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
-    let filter = bindsto::logging::env_filter(filter);
+    let filter = bindsto::cli::logging::env_filter(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     // The AWS SDK's debug/trace lines carry credentials: capped whatever the filter says.
-    let no_secrets = bindsto::logging::no_secrets();
+    let no_secrets = bindsto::cli::logging::no_secrets();
     match format {
         LogFormat::Json => builder
             .json()
@@ -152,7 +153,7 @@ fn init_logging(format: LogFormat, filter: &str) {
             .with(no_secrets)
             .init(),
         // journald stamps every line itself: no second timestamp there, and never colour.
-        LogFormat::Human if bindsto::logging::stderr_is_journal() => {
+        LogFormat::Human if bindsto::cli::logging::stderr_is_journal() => {
             builder
                 .with_ansi(false)
                 .without_time()
@@ -172,7 +173,7 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    bindsto::rt::runtime().context("starting the async runtime")
+    bindsto::daemon::rt::runtime().context("starting the async runtime")
 }
 
 async fn shutdown_signal() {
@@ -211,7 +212,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, dry_run } => {
-            let source = bindsto::reload::ConfigSource::new(config, dry_run);
+            let source = bindsto::daemon::reload::ConfigSource::new(config, dry_run);
             let cfg = match source.load() {
                 Ok(c) => c,
                 Err(e) => {
@@ -221,9 +222,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             run::preload_probes_and_drop_privileges();
             // Threads hung on watched storage must not hold the exit.
-            bindsto::rt::run_to_end(
+            bindsto::daemon::rt::run_to_end(
                 runtime()?,
-                bindsto::rt::SHUTDOWN_GRACE,
+                bindsto::daemon::rt::SHUTDOWN_GRACE,
                 run::run_service(cfg, Some(source), shutdown_signal()),
             )?;
             Ok(ExitCode::SUCCESS)
@@ -237,16 +238,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let status = bindsto::rt::run_to_end(
+            let status = bindsto::daemon::rt::run_to_end(
                 runtime()?,
-                bindsto::rt::SHUTDOWN_GRACE,
+                bindsto::daemon::rt::SHUTDOWN_GRACE,
                 run::check(cfg, duration),
             )?;
             let doc = serde_json::to_value(&*status)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
-                print!("{}", bindsto::status::render_table(&doc));
+                print!("{}", bindsto::publish::status::render_table(&doc));
             }
             Ok(if status.healthy {
                 ExitCode::SUCCESS
@@ -273,7 +274,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
-                print!("{}", bindsto::status::render_table(&doc));
+                print!("{}", bindsto::publish::status::render_table(&doc));
             }
             let healthy = doc.get("healthy").and_then(serde_json::Value::as_bool);
             Ok(if healthy == Some(true) {

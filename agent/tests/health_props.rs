@@ -13,11 +13,12 @@ use std::{
 
 use bindsto::{
     config::Config,
-    confirm::{Outcome, Usage},
-    engine::{Engine, ProbeDone, Shared},
-    events::{CorruptWhat, KernelEvent},
+    health::engine::{Engine, ProbeDone},
     health::{Kind, Signal, State, Target},
-    metrics::Metrics,
+    probes::events::{CorruptWhat, KernelEvent},
+    publish::metrics::Metrics,
+    publish::shared::Shared,
+    scan::check::{Outcome, Usage},
     topology::{DevId, Sysfs},
 };
 use nix::errno::Errno;

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bindsto::{api, httpd};
+use bindsto::{api, api::server as httpd};
 
 use http_common::*;
 

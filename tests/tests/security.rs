@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bindsto::privileges::{CapSet, perf_event_paranoid, runtime_set};
+use bindsto::daemon::privileges::{CapSet, perf_event_paranoid, runtime_set};
 use bindsto_tests::{
     Agent, XfsMount,
     agent::{default_agent_bin, free_port},

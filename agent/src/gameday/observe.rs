@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 use super::{GamedayError, interrupted};
-use crate::{api, config::Config, engine::Shared, metrics::Metrics, run};
+use crate::{api, config::Config, daemon::run, publish::metrics::Metrics, publish::shared::Shared};
 
 /// The in-process engine's thresholds: short, so a GameDay takes seconds, not minutes.
 pub const SCAN: Duration = Duration::from_millis(250);

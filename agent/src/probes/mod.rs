@@ -1,9 +1,8 @@
 //! Loading and attaching the kernel programs, and the tracefs layouts they depend on.
 
-pub mod bio;
+pub mod events;
 pub mod format;
 pub mod loader;
-pub mod rpc;
 pub mod spec;
 
 pub use loader::{Loaded, Maps, ProbeState, ProbeStatus, ScanMaps};

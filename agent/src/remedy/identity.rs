@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::httpc::{self, HttpError};
+use crate::api::client::{self as httpc, HttpError};
 
 const IMDS_TOKEN_TTL: &str = "300";
 

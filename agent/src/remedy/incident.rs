@@ -148,7 +148,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Unsafe(#[from] crate::file_safety::UnsafeFile),
+    Unsafe(#[from] crate::config::file_safety::UnsafeFile),
     #[error("writing {} did not finish within {timeout:?}", .path.display())]
     Timeout { path: PathBuf, timeout: Duration },
     #[error("not written: an earlier write of {} is still hanging", .path.display())]
@@ -192,10 +192,10 @@ impl Store {
             source,
         })?;
         // A history others can write could stop the ladder (or replay it): refused.
-        crate::file_safety::check("state directory", dir)?;
+        crate::config::file_safety::check("state directory", dir)?;
         let path = dir.join(FILE);
-        crate::file_safety::check("incident history", &path)?;
-        crate::file_safety::check("ECS identity cache", &dir.join("ecs-instance.json"))?;
+        crate::config::file_safety::check("incident history", &path)?;
+        crate::config::file_safety::check("ECS identity cache", &dir.join("ecs-instance.json"))?;
         let (incidents, loaded) = match std::fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), Loaded::Fresh),
             Err(e) => (Vec::new(), move_aside(&path, e.to_string())),
@@ -347,7 +347,7 @@ mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        crate::status::rfc3339(t, s)
+        crate::publish::status::rfc3339(t, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {

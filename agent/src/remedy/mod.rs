@@ -11,7 +11,6 @@
 
 pub mod aws;
 pub mod exec;
-pub mod httpc;
 pub mod identity;
 pub mod incident;
 pub mod systemd;
@@ -28,10 +27,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Action, Config, Remediate},
-    engine::Shared,
     health::State,
-    metrics,
-    status::Status,
+    publish::metrics,
+    publish::shared::Shared,
+    publish::status::Status,
 };
 use identity::{EcsInstance, Instance};
 use incident::{FailedTarget, Incident, Loaded, Outcome, Phase, Step, Store};
@@ -365,7 +364,11 @@ impl Remedy {
 
     async fn open_incident(&mut self, failed: Vec<FailedTarget>, now: SystemTime) {
         if self.store.incidents.len() >= incident::HISTORY_MAX {
-            crate::limits::count_full(&self.shared.metrics, crate::limits::Table::Incidents, 1);
+            crate::publish::limits::count_full(
+                &self.shared.metrics,
+                crate::publish::limits::Table::Incidents,
+                1,
+            );
         }
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -428,7 +431,7 @@ impl Remedy {
                 warn!(
                     incident = %inc.id,
                     max_per_hour = max,
-                    next_allowed = ?next.map(crate::status::format_time),
+                    next_allowed = ?next.map(crate::publish::status::format_time),
                     "ladder held back: max_per_hour reached"
                 );
                 self.count("ladder", "rate_limited");
@@ -497,7 +500,7 @@ impl Remedy {
                     error!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step failed; continuing with the next")
                 }
                 Outcome::HeldByBreaker => {
-                    warn!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, retry_at = ?retry_at.map(crate::status::format_time), "remediation step held back by the fleet breaker")
+                    warn!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, retry_at = ?retry_at.map(crate::publish::status::format_time), "remediation step held back by the fleet breaker")
                 }
                 _ => {
                     info!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step")
@@ -801,7 +804,7 @@ impl Remedy {
             problems,
             incidents: self.store.incidents[skip..].to_vec(),
         };
-        self.shared.set_remediation(report);
+        self.shared.set_remediation(&report);
     }
 }
 
@@ -838,8 +841,8 @@ mod tests {
     use super::*;
     use crate::{
         health::{Reason, Signal},
-        metrics::Metrics,
-        status::TargetStatus,
+        publish::metrics::Metrics,
+        publish::status::TargetStatus,
     };
 
     fn config(state: &Path, out: &Path, hold_down: &str, max_per_hour: u32) -> Arc<Config> {
@@ -966,8 +969,8 @@ command = ["/bin/sh", "-c", "cat >> {}"]
         assert_eq!(bed.runs(), 1);
         assert_eq!(bed.metric("exec", "done"), 1);
         let report = bed.shared.remediation().unwrap();
-        assert_eq!(report.incidents.len(), 1);
-        assert_eq!(report.incidents[0].steps[0].outcome, Outcome::Done);
+        assert_eq!(report["incidents"].as_array().unwrap().len(), 1);
+        assert_eq!(report["incidents"][0]["steps"][0]["outcome"], "done");
     }
 
     #[tokio::test]

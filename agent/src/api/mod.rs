@@ -1,6 +1,9 @@
 //! HTTP: `/healthz`, `/metrics`, `/status`. Read-only, served from the last published
 //! status; no handler touches a watched filesystem or waits on the engine.
 
+pub mod client;
+pub mod server;
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -12,7 +15,7 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-use crate::{engine::Shared, status::Unhealthy};
+use crate::{publish::shared::Shared, publish::status::Unhealthy};
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -56,9 +59,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 #[derive(serde::Serialize)]
 struct FullStatus<'a> {
     #[serde(flatten)]
-    status: &'a crate::status::Status,
+    status: &'a crate::publish::status::Status,
     #[serde(skip_serializing_if = "Option::is_none")]
-    remediation: Option<&'a crate::remedy::Report>,
+    remediation: Option<&'a serde_json::Value>,
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
@@ -74,16 +77,16 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Serves until `shutdown` resolves, within [`crate::httpd::Limits::default`].
+/// Serves until `shutdown` resolves, within [`crate::api::server::Limits::default`].
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::httpd::serve(
+    crate::api::server::serve(
         listener,
         router(shared),
-        crate::httpd::Limits::default(),
+        crate::api::server::Limits::default(),
         shutdown,
     )
     .await

@@ -16,15 +16,15 @@ use tracing::{error, info, warn};
 use crate::{
     api,
     config::Config,
-    engine::{Engine, Shared},
-    events::KernelEvent,
-    metrics::Metrics,
-    pathcheck::PathChecker,
+    daemon::reload::{self, ConfigSource},
+    daemon::service::Service,
+    probes::events::KernelEvent,
     probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
-    reload::{self, ConfigSource},
+    publish::metrics::Metrics,
     remedy::Remedy,
-    service::Service,
+    scan::pathcheck::PathChecker,
     topology::Sysfs,
+    {health::engine::Engine, publish::shared::Shared},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -120,10 +120,10 @@ static PRELOADED: std::sync::Mutex<Option<Probes>> = std::sync::Mutex::new(None)
 
 /// `bindsto run`: loads and attaches the kernel programs while the process is single-threaded
 /// (before the async runtime exists), then drops the capabilities the agent no longer needs,
-/// so every thread started later runs with the reduced set (see [`crate::privileges`]).
+/// so every thread started later runs with the reduced set (see [`crate::daemon::privileges`]).
 pub fn preload_probes_and_drop_privileges() {
     let probes = load_probes();
-    crate::privileges::drop_after_attach();
+    crate::daemon::privileges::drop_after_attach();
     *PRELOADED.lock().unwrap_or_else(|e| e.into_inner()) = Some(probes);
 }
 
@@ -233,7 +233,7 @@ pub async fn run_service(
 pub async fn check(
     cfg: Config,
     duration: Duration,
-) -> Result<Arc<crate::status::Status>, RunError> {
+) -> Result<Arc<crate::publish::status::Status>, RunError> {
     let shared = drive(
         cfg,
         None,
@@ -323,7 +323,7 @@ async fn drive(
                 // Detection and /healthz go on without the ladder; /status says why.
                 Err(problem) => {
                     error!(%problem, "remediation unavailable");
-                    shared.set_remediation(Remedy::unavailable(&cfg, problem));
+                    shared.set_remediation(&Remedy::unavailable(&cfg, problem));
                 }
             }
         })
@@ -424,7 +424,7 @@ pub mod in_process {
     use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
     use super::{RunError, check};
-    use crate::{config::Config, engine::Shared};
+    use crate::{config::Config, publish::shared::Shared};
 
     #[derive(Clone)]
     struct Injected {

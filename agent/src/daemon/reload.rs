@@ -13,9 +13,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, ConfigError},
-    engine::Shared,
-    metrics::OutcomeLabels,
-    service::Service,
+    daemon::service::Service,
+    publish::metrics::OutcomeLabels,
+    publish::shared::Shared,
 };
 
 /// The running config, shared by everyone who needs it.
@@ -160,7 +160,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::publish::metrics::Metrics;
 
     fn shared() -> Shared {
         Shared::new(Metrics::new(), SystemTime::now(), true)

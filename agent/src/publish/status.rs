@@ -115,5 +115,5 @@ pub struct Unhealthy<'a> {
 
 /// Human-readable rendering of a `/status` document (for `bindsto status` and `check`).
 pub fn render_table(doc: &serde_json::Value) -> String {
-    crate::status_table::render(doc)
+    crate::cli::status_table::render(doc)
 }

@@ -6,7 +6,7 @@
 //! `bindsto_table_full_total{table}` (the kernel maps' equivalent is `bindsto_map_full_total`).
 //! Critical targets are kept first, so a flood of other mounts never pushes a watch out.
 
-use crate::metrics::{Metrics, TableLabels};
+use crate::publish::metrics::{Metrics, TableLabels};
 
 /// Observed mounts (targets of kind `mount`). An ECS host has tens; EFS-heavy hosts hundreds.
 pub const MOUNTS_MAX: usize = 4096;

@@ -8,13 +8,13 @@ use std::collections::HashSet;
 
 use crate::{
     health::State,
-    metrics::{Metrics, ReasonLabels, target_labels},
-    status::TargetStatus,
+    publish::metrics::{Metrics, ReasonLabels, target_labels},
+    publish::status::TargetStatus,
 };
 
 #[derive(Default)]
 pub struct TargetSeries {
-    failed: HashSet<crate::metrics::TargetLabels>,
+    failed: HashSet<crate::publish::metrics::TargetLabels>,
     reasons: HashSet<ReasonLabels>,
 }
 

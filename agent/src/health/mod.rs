@@ -5,6 +5,8 @@
 //! scans, probes) and cleared by evidence of recovery; `xfs_shutdown` is latched until the
 //! mount goes away, because XFS never recovers from a shutdown without an unmount.
 
+pub mod engine;
+
 use std::{collections::BTreeMap, time::SystemTime};
 
 use serde::Serialize;
@@ -101,7 +103,7 @@ pub struct Reason {
     pub signal: Signal,
     pub detail: String,
     /// When this signal was first raised for the target (RFC 3339 in JSON).
-    #[serde(serialize_with = "crate::status::rfc3339")]
+    #[serde(serialize_with = "crate::publish::status::rfc3339")]
     pub at: SystemTime,
 }
 

@@ -1,5 +1,5 @@
 //! Human-readable rendering of a `/status` document, for `bindsto status` and `bindsto check`.
-//! Works on JSON, not on [`crate::status::Status`], so it renders what any agent version
+//! Works on JSON, not on [`crate::publish::status::Status`], so it renders what any agent version
 //! answered; fields it does not know are ignored and missing ones shown as `-`.
 
 use std::fmt::Write;

@@ -2,6 +2,11 @@
 //! counters in sysfs, whether a device is stalled. The map gives ages; sysfs gives the
 //! verdict, so an entry leaked by a lost completion never turns into a phantom stall.
 
+pub mod bio;
+pub mod check;
+pub mod pathcheck;
+pub mod rpc;
+
 use std::{collections::BTreeMap, time::Duration};
 
 use agent_ebpf::{MountCall, RqKey, RqVal, Syscall};

@@ -13,7 +13,8 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    engine::Shared, health::State, probes::ProbeState, sdnotify::Notifier, status::Status,
+    daemon::sdnotify::Notifier, health::State, probes::ProbeState, publish::shared::Shared,
+    publish::status::Status,
 };
 
 /// Marks of progress from the drive loop: the time of the last completed scan tick, and the
@@ -98,7 +99,7 @@ impl Service {
     fn send(
         &self,
         what: &str,
-        f: impl FnOnce(&Notifier) -> Result<(), crate::sdnotify::NotifyError>,
+        f: impl FnOnce(&Notifier) -> Result<(), crate::daemon::sdnotify::NotifyError>,
     ) {
         if let Some(n) = &self.notifier
             && let Err(e) = f(n)
@@ -254,7 +255,7 @@ mod tests {
         .expect("connect");
         let service = Service::with_notifier(notifier);
         let shared = Arc::new(Shared::new(
-            crate::metrics::Metrics::new(),
+            crate::publish::metrics::Metrics::new(),
             std::time::SystemTime::now(),
             true,
         ));

@@ -17,12 +17,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
+pub mod file_safety;
 mod remediate;
 use remediate::RawRemediate;
 pub use remediate::{Action, AsgUnhealthy, EcsDrain, Exec, Remediate, StopUnits};
 
 /// The embedded default configuration, printed by `bindsto config default`.
-pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// `origin` in messages about the embedded default.
 const DEFAULT_ORIGIN: &str = "(embedded default)";
@@ -71,7 +72,7 @@ pub enum ConfigError {
     #[error("config {}: cannot read: {source}", .path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("{0}")]
-    Unsafe(#[from] crate::file_safety::UnsafeFile),
+    Unsafe(#[from] crate::config::file_safety::UnsafeFile),
     #[error("config {origin}: {}{}{message}", line_part(.line), key_part(.key))]
     Invalid {
         origin: String,
@@ -150,7 +151,7 @@ impl Config {
         let Some(path) = path else {
             return Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN);
         };
-        crate::file_safety::check("config", path)?;
+        crate::config::file_safety::check("config", path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,

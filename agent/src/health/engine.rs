@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -18,14 +18,15 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
-    confirm,
-    events::{self, CorruptWhat, KernelEvent},
     health::{Kind, Signal, State, Target, Transition},
-    limits::{self, Table},
-    metrics::{self, Metrics},
+    probes::events::{self, CorruptWhat, KernelEvent},
     probes::{ProbeStatus, ScanMaps},
-    scanner::{self, InflightCall, Progress},
-    status::{BlockedCall, DeviceStatus, Status, TargetStatus, WatchStatus},
+    publish::limits::{self, Table},
+    publish::metrics::{self, Metrics},
+    publish::shared::Shared,
+    publish::status::{BlockedCall, DeviceStatus, Status, TargetStatus, WatchStatus},
+    scan::check as confirm,
+    scan::{self, InflightCall, Progress},
     topology::{self, DevId, MountEntry, Sysfs},
 };
 
@@ -34,77 +35,6 @@ use crate::{
 /// automounted share of a dead server) can leave behind. Above it probes wait, counted as
 /// `bindsto_confirm_probes_total{outcome="skipped"}`.
 const PROBES_OUTSTANDING_MAX: usize = 256;
-
-/// What the HTTP side reads: the last published status and the metrics registry.
-pub struct Shared {
-    status: RwLock<Arc<Status>>,
-    /// The remediation report (`/status` → `remediation`), written by the remedy task.
-    remediation: RwLock<Option<Arc<crate::remedy::Report>>>,
-    /// Bumped on every publish, so the remedy task reacts at once instead of polling.
-    changes: tokio::sync::watch::Sender<u64>,
-    pub metrics: Metrics,
-}
-
-impl Shared {
-    pub fn new(metrics: Metrics, started_at: SystemTime, dry_run: bool) -> Self {
-        let status = Status {
-            healthy: true,
-            version: env!("CARGO_PKG_VERSION"),
-            started_at,
-            updated_at: started_at,
-            dry_run,
-            targets: Vec::new(),
-            blocked_mount_calls: Vec::new(),
-            devices: Vec::new(),
-            watches: Vec::new(),
-            probes: Vec::new(),
-            events_lost: 0,
-            config: None,
-        };
-        Self {
-            status: RwLock::new(Arc::new(status)),
-            remediation: RwLock::new(None),
-            changes: tokio::sync::watch::Sender::new(0),
-            metrics,
-        }
-    }
-
-    /// Notified after every published status.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    pub fn remediation(&self) -> Option<Arc<crate::remedy::Report>> {
-        match self.remediation.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn set_remediation(&self, report: crate::remedy::Report) {
-        let r = Some(Arc::new(report));
-        match self.remediation.write() {
-            Ok(mut g) => *g = r,
-            Err(poisoned) => *poisoned.into_inner() = r,
-        }
-    }
-
-    pub fn status(&self) -> Arc<Status> {
-        match self.status.read() {
-            Ok(s) => Arc::clone(&s),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    fn publish(&self, s: Status) {
-        let s = Arc::new(s);
-        match self.status.write() {
-            Ok(mut g) => *g = s,
-            Err(poisoned) => *poisoned.into_inner() = s,
-        }
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
-    }
-}
 
 /// Result of a finished off-thread mount probe.
 #[derive(Debug)]
@@ -175,7 +105,7 @@ pub struct Engine {
     left_out: (usize, usize),
     events_lost: u64,
     /// Behind a lock because `publish` takes `&self`.
-    target_series: std::sync::Mutex<crate::target_metrics::TargetSeries>,
+    target_series: std::sync::Mutex<crate::publish::target_metrics::TargetSeries>,
 }
 
 impl Engine {
@@ -683,7 +613,7 @@ impl Engine {
         }
         self.probes_outstanding += 1;
         o.probe_since = Some(Instant::now());
-        o.probe_started_ns = scanner::monotonic_ns();
+        o.probe_started_ns = scan::monotonic_ns();
         o.probe_timeout_reported = false;
         let tx = self.probe_tx.clone();
         let mount_point = mp.to_path_buf();
@@ -782,13 +712,13 @@ impl Engine {
         let started = Instant::now();
         let now = SystemTime::now();
         let cfg = Arc::clone(&self.cfg);
-        let now_ns = scanner::monotonic_ns();
+        let now_ns = scan::monotonic_ns();
         // Bios of dm devices (a suspended dm device queues them before any request exists).
         let mut maps = maps;
         let sysfs = &self.sysfs;
         let exists = |d: DevId| sysfs.block_device(d).is_some();
         let bios = match maps.as_deref_mut() {
-            Some(m) => Some(crate::probes::bio::scan(
+            Some(m) => Some(crate::scan::bio::scan(
                 &mut m.bio_inflight,
                 &mut m.bio_done,
                 now_ns,
@@ -801,7 +731,7 @@ impl Engine {
         // RPC tasks (sunrpc): the oldest in flight on the host.
         let rpc = maps
             .as_deref()
-            .map(|m| crate::probes::rpc::oldest(&m.rpc_inflight, now_ns))
+            .map(|m| crate::scan::rpc::oldest(&m.rpc_inflight, now_ns))
             .unwrap_or_default();
         self.metrics.rpc_inflight.set(rpc.tasks as i64);
         self.metrics
@@ -818,10 +748,7 @@ impl Engine {
         };
 
         // Block devices.
-        let by_dev = rq
-            .as_deref()
-            .map(scanner::block_inflight)
-            .unwrap_or_default();
+        let by_dev = rq.as_deref().map(scan::block_inflight).unwrap_or_default();
         // Disks with request entries but nothing in flight per sysfs, with when sysfs was read:
         // entries older than that lost their completion. Dropped in one pass over the map.
         let mut idle: BTreeMap<DevId, u64> = BTreeMap::new();
@@ -830,7 +757,7 @@ impl Engine {
             let Some(d) = self.devices.get_mut(&name) else {
                 continue;
             };
-            let read_ns = scanner::monotonic_ns();
+            let read_ns = scan::monotonic_ns();
             let (inflight, completed) = match (
                 self.sysfs.inflight(&d.block.sysfs_dir),
                 self.sysfs.stat(&d.block.sysfs_dir),
@@ -912,7 +839,7 @@ impl Engine {
         // the map for good. Same rule as above: nothing in flight per sysfs, entry leaked.
         let observed: BTreeSet<DevId> = self.devices.values().map(|d| d.dev).collect();
         for dev in by_dev.keys().filter(|d| !observed.contains(d)) {
-            let read_ns = scanner::monotonic_ns();
+            let read_ns = scan::monotonic_ns();
             let gone_or_idle = match self.sysfs.block_device(*dev) {
                 None => true,
                 Some(b) => self
@@ -929,7 +856,7 @@ impl Engine {
         if let Some(rq) = rq
             && !idle.is_empty()
         {
-            for (dev, n) in scanner::forget_leaked(rq, &idle) {
+            for (dev, n) in scan::forget_leaked(rq, &idle) {
                 let observed = observed.contains(&dev);
                 debug!(%dev, entries = n, observed, "dropped request entries that lost their completion");
             }
@@ -938,7 +865,7 @@ impl Engine {
         // Mount-family calls.
         let mut calls_in_flight = false;
         if let Some(calls_map) = calls {
-            let all = scanner::mount_calls(calls_map, scanner::monotonic_ns());
+            let all = scan::mount_calls(calls_map, scan::monotonic_ns());
             calls_in_flight = !all.is_empty();
             let oldest = all.first().map_or(0.0, |c| c.age.as_secs_f64());
             self.metrics.mount_call_oldest_blocked.set(oldest);
@@ -1035,7 +962,7 @@ impl Engine {
                     let rpc_detail = o
                         .is_nfs()
                         .then(|| {
-                            crate::probes::rpc::stall_detail(
+                            crate::scan::rpc::stall_detail(
                                 rpc,
                                 waited,
                                 &o.entry.source,
@@ -1074,7 +1001,7 @@ impl Engine {
                     .filter(|o| o.is_nfs())
                     .try_fold(now_ns, |min, o| o.answered_since_ns.map(|a| min.min(a)))
             };
-            let n = crate::probes::rpc::forget_leaked(
+            let n = crate::scan::rpc::forget_leaked(
                 rpc_map,
                 answered,
                 now_ns,

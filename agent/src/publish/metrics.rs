@@ -210,7 +210,7 @@ impl Metrics {
         for map in MAP_NAMES {
             let _ = m.map_full.get_or_create(&MapLabels { map: map.into() });
         }
-        for t in crate::limits::Table::ALL {
+        for t in crate::publish::limits::Table::ALL {
             let _ = m.table_full.get_or_create(&TableLabels {
                 table: t.name().into(),
             });

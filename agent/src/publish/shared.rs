@@ -1,0 +1,85 @@
+//! The one place the pipeline's output lives: the last published status, the remediation
+//! report beside it, and the metrics registry. HTTP handlers and the remedy task read it.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::SystemTime,
+};
+
+use super::{metrics::Metrics, status::Status};
+
+/// What the HTTP side reads: the last published status and the metrics registry.
+pub struct Shared {
+    status: RwLock<Arc<Status>>,
+    /// The remediation report (`/status` → `remediation`), written by the remedy task.
+    remediation: RwLock<Option<Arc<serde_json::Value>>>,
+    /// Bumped on every publish, so the remedy task reacts at once instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics, started_at: SystemTime, dry_run: bool) -> Self {
+        let status = Status {
+            healthy: true,
+            version: env!("CARGO_PKG_VERSION"),
+            started_at,
+            updated_at: started_at,
+            dry_run,
+            targets: Vec::new(),
+            blocked_mount_calls: Vec::new(),
+            devices: Vec::new(),
+            watches: Vec::new(),
+            probes: Vec::new(),
+            events_lost: 0,
+            config: None,
+        };
+        Self {
+            status: RwLock::new(Arc::new(status)),
+            remediation: RwLock::new(None),
+            changes: tokio::sync::watch::Sender::new(0),
+            metrics,
+        }
+    }
+
+    /// Notified after every published status.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The remediation report as the remedy task last published it (JSON: this stage does not
+    /// know the remedy's types, which depend on it).
+    pub fn remediation(&self) -> Option<Arc<serde_json::Value>> {
+        match self.remediation.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_remediation(&self, report: &impl serde::Serialize) {
+        let r = match serde_json::to_value(report) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => Some(Arc::new(serde_json::json!({ "problems": [e.to_string()] }))),
+        };
+        match self.remediation.write() {
+            Ok(mut g) => *g = r,
+            Err(poisoned) => *poisoned.into_inner() = r,
+        }
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        match self.status.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn publish(&self, s: Status) {
+        let s = Arc::new(s);
+        match self.status.write() {
+            Ok(mut g) => *g = s,
+            Err(poisoned) => *poisoned.into_inner() = s,
+        }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
