@@ -1,6 +1,8 @@
 //! docs/ stays true: the config in the AMI recipe parses with the agent's own loader, and the
 //! IAM policy grants exactly the actions the remediation ladder uses.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 use std::path::Path;
 
 use bindsto::config::Config;

@@ -4,6 +4,8 @@
 //! failure signal, and every failure signal ends in `failed` unless recovery evidence follows.
 //! Both are checked after every step against a model that knows only those two rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 use std::{
     collections::BTreeSet,
     path::Path,
@@ -297,7 +299,7 @@ impl Harness {
                         // statx EIO on XFS is a shutdown; on NFS these are a stall.
                         (Which::Xfs, Some(Errno::EIO)) => model[i] = true,
                         (Which::Nfs, Some(Errno::EIO | Errno::ETIMEDOUT | Errno::ESTALE)) => {
-                            model[i] = true
+                            model[i] = true;
                         }
                         // A probe that answers is the NFS stall's recovery evidence.
                         (Which::Nfs, None) => model[i] = false,

@@ -3,6 +3,8 @@
 //! a barrage of oversized requests leaves memory where it was. No BPF needed: the server
 //! answers from an engine::Shared that nothing publishes into (healthy, no targets).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod http_common;
 
 use std::{

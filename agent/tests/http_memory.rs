@@ -2,6 +2,8 @@
 //! RSS is per process, and the other HTTP tests (a 4 MiB response, 256 idle connections) would
 //! move it while they run in parallel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod http_common;
 
 use http_common::*;

@@ -288,16 +288,16 @@ impl Imds {
             match (req.method.as_str(), req.path.as_str()) {
                 ("PUT", "/latest/api/token") => {
                     if req.header("x-aws-ec2-metadata-token-ttl-seconds").is_some() {
-                        respond(&mut s, 200, TOKEN)
+                        respond(&mut s, 200, TOKEN);
                     } else {
-                        respond(&mut s, 400, "missing X-aws-ec2-metadata-token-ttl-seconds")
+                        respond(&mut s, 400, "missing X-aws-ec2-metadata-token-ttl-seconds");
                     }
                 }
                 ("GET", p) if p.starts_with("/latest/") && !token_ok => respond(&mut s, 401, ""),
                 ("GET", "/latest/meta-data/instance-id") => respond(&mut s, 200, &id),
                 ("GET", "/latest/meta-data/placement/region") => respond(&mut s, 200, &region),
                 ("GET", "/v1/metadata") if up.load(Ordering::SeqCst) => {
-                    respond(&mut s, 200, &metadata)
+                    respond(&mut s, 200, &metadata);
                 }
                 ("GET", "/v1/metadata") => respond(&mut s, 503, "agent stopped"),
                 _ => respond(&mut s, 404, "not found"),

@@ -229,7 +229,7 @@ pub fn drop_after_attach() {
             }
         }
         Err(e) => {
-            warn!(error = %e, "cannot drop capabilities; running with those the agent started with")
+            warn!(error = %e, "cannot drop capabilities; running with those the agent started with");
         }
     }
 }

@@ -124,11 +124,16 @@ static PRELOADED: std::sync::Mutex<Option<Probes>> = std::sync::Mutex::new(None)
 pub fn preload_probes_and_drop_privileges() {
     let probes = load_probes();
     crate::daemon::privileges::drop_after_attach();
-    *PRELOADED.lock().unwrap_or_else(|e| e.into_inner()) = Some(probes);
+    *PRELOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(probes);
 }
 
 fn take_preloaded() -> Option<Probes> {
-    PRELOADED.lock().unwrap_or_else(|e| e.into_inner()).take()
+    PRELOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 fn all_probes(state: ProbeState, detail: &str) -> Vec<ProbeStatus> {

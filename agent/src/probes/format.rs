@@ -208,7 +208,7 @@ fn parse_field(rest: &str) -> Result<Field, String> {
                     "0" => false,
                     "1" => true,
                     _ => return Err(format!("field {name}: signed:{value} is not 0 or 1")),
-                })
+                });
             }
             _ => {}
         }

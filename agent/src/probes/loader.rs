@@ -257,7 +257,7 @@ impl Loaded {
                     program: k.program,
                     state,
                     detail,
-                })
+                });
             };
             if previous.contains(&probe) {
                 push(status, ProbeState::Attached, String::new());

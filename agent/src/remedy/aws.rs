@@ -203,7 +203,7 @@ impl AutoScaling {
             .auto_scaling_groups()
             .iter()
             .find(|g| g.auto_scaling_group_name() == Some(group.as_str()))
-            .map(|g| g.instances())
+            .map(aws_sdk_autoscaling::types::AutoScalingGroup::instances)
             .unwrap_or_default();
         let out_of_service = instances
             .iter()

@@ -96,7 +96,7 @@ impl Remedy {
         match &loaded {
             Loaded::Fresh => info!(path = %store.path().display(), "no incident history yet"),
             Loaded::Read(n) => {
-                info!(path = %store.path().display(), incidents = n, "incident history loaded")
+                info!(path = %store.path().display(), incidents = n, "incident history loaded");
             }
             Loaded::MovedAside(aside, why) => {
                 shared.metrics.state_files_moved_aside.inc();
@@ -105,7 +105,7 @@ impl Remedy {
                 moved_to = %aside.display(),
                 error = %why,
                 "incident history is corrupt; moved aside, starting with an empty history"
-                )
+                );
             }
         }
         let store_problem = match loaded {
@@ -414,10 +414,10 @@ impl Remedy {
         inc.closed_at = Some(now);
         match next {
             Phase::Cancelled => {
-                info!(incident = %inc.id, "storage recovered before the ladder ran; incident cancelled")
+                info!(incident = %inc.id, "storage recovered before the ladder ran; incident cancelled");
             }
             _ => {
-                info!(incident = %inc.id, "storage healthy again after the ladder; incident resolved")
+                info!(incident = %inc.id, "storage healthy again after the ladder; incident resolved");
             }
         }
         self.put(inc).await;
@@ -497,13 +497,13 @@ impl Remedy {
             let took_ms = took.as_millis() as u64;
             match outcome {
                 Outcome::Failed => {
-                    error!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step failed; continuing with the next")
+                    error!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step failed; continuing with the next");
                 }
                 Outcome::HeldByBreaker => {
-                    warn!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, retry_at = ?retry_at.map(crate::publish::status::format_time), "remediation step held back by the fleet breaker")
+                    warn!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, retry_at = ?retry_at.map(crate::publish::status::format_time), "remediation step held back by the fleet breaker");
                 }
                 _ => {
-                    info!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step")
+                    info!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step");
                 }
             }
             self.put(inc.clone()).await;
@@ -609,10 +609,10 @@ impl Remedy {
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    warn!(error = %e, "cannot read the container instance's status; draining again")
+                    warn!(error = %e, "cannot read the container instance's status; draining again");
                 }
                 Err(_) => {
-                    warn!("reading the container instance's status timed out; draining again")
+                    warn!("reading the container instance's status timed out; draining again");
                 }
             }
         }
@@ -1074,9 +1074,8 @@ command = ["/bin/sh", "-c", "cat >> {}"]
         let file = bed.dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
         let cfg = config(&file.join("state"), &bed.out(), "1s", 2);
-        let e = match Remedy::open(Arc::clone(&cfg), Arc::clone(&bed.shared)).await {
-            Ok(_) => panic!("a state dir under a file opened"),
-            Err(e) => e,
+        let Err(e) = Remedy::open(Arc::clone(&cfg), Arc::clone(&bed.shared)).await else {
+            panic!("a state dir under a file opened")
         };
         assert!(e.contains("state directory"), "{e}");
         let report = Remedy::unavailable(&cfg, e);
