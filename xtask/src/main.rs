@@ -74,14 +74,18 @@ enum Cmd {
     },
 }
 
-/// Debian packages, per TOOLCHAIN.md: Debian's Rust 1.96 with its library source builds the
-/// BPF target's `core`; LLVM 22 for bpf-linker; the storage tools the tests drive.
-const APT_PACKAGES: &[&str] = &[
+/// Debian packages the build needs (docs/build.md): Debian's Rust 1.96 with its library source
+/// builds the BPF target's `core`; LLVM 22 for bpf-linker. `cargo xtask run` installs only these.
+const BUILD_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "rust-web-src",
     "llvm-22-dev",
     "libpolly-22-dev",
+];
+
+/// What the tests, packages and VM matrix need on top: the storage tools the tests drive.
+const TEST_PACKAGES: &[&str] = &[
     "xfsprogs",
     "fuse3",
     "libfuse3-dev",
@@ -114,7 +118,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Cmd::Bench => setup().and_then(|()| bench::bench()),
         Cmd::Setup => setup(),
-        Cmd::Build => setup().and_then(|()| build(true)),
+        Cmd::Build => setup_build().and_then(|()| build(true)),
         Cmd::Run { args } => run(&args),
         Cmd::Test {
             no_lint,
@@ -188,8 +192,8 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    APT_PACKAGES
+fn missing_packages(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -201,42 +205,10 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
+/// Everything: the build toolchain, then what the tests, packages and VM matrix use.
 fn setup() -> Result<()> {
-    let missing = missing_packages();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!("missing packages {missing:?}; run `cargo xtask setup` as root");
-        }
-        eprintln!("xtask: installing {missing:?}");
-        status(Command::new("apt-get").args(["update", "-q"]))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
-    let linker = cargo_bin_dir().join("bpf-linker");
-    let have = Command::new(&linker)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
-        .unwrap_or(false);
-    if !have {
-        // /usr/bin/llvm-config is LLVM 14 on Debian 12: point the build at LLVM 22.
-        status(
-            Command::new("cargo")
-                .args([
-                    "install",
-                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-                    "--locked",
-                    "--no-default-features",
-                    "--features",
-                    "llvm-22",
-                ])
-                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
-        )?;
-    }
+    setup_build()?;
+    apt_install(TEST_PACKAGES)?;
     for (krate, version, bin) in ops::CARGO_TOOLS {
         let have = Command::new(cargo_bin_dir().join(bin))
             .arg("--version")
@@ -266,8 +238,53 @@ fn setup() -> Result<()> {
             "moto[server]==5.2.1",
         ]))?;
     }
-    ensure_tracefs();
     eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn apt_install(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_packages(packages);
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing packages {missing:?}; run `cargo xtask setup` as root");
+        }
+        eprintln!("xtask: installing {missing:?}");
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    Ok(())
+}
+
+/// What building and running the agent needs: Debian's Rust and LLVM 22, bpf-linker, tracefs.
+fn setup_build() -> Result<()> {
+    apt_install(BUILD_PACKAGES)?;
+    let linker = cargo_bin_dir().join("bpf-linker");
+    let have = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !have {
+        // /usr/bin/llvm-config is LLVM 14 on Debian 12: point the build at LLVM 22.
+        status(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )?;
+    }
+    ensure_tracefs();
     Ok(())
 }
 
@@ -298,7 +315,7 @@ fn build(release: bool) -> Result<()> {
 }
 
 fn run(args: &[String]) -> Result<()> {
-    setup()?;
+    setup_build()?;
     build(true)?;
     let bin = workspace_root().join("target/release/bindsto");
     status(Command::new(bin).arg("run").args(args))
