@@ -74,7 +74,7 @@ enum Cmd {
     },
 }
 
-/// Debian packages the build needs (docs/build.md): Debian's Rust 1.96 with its library source
+/// Debian packages the build needs (see docs/build.md): Debian's Rust 1.96 with its library source
 /// builds the BPF target's `core`; LLVM 22 for bpf-linker. `cargo xtask run` installs only these.
 const BUILD_PACKAGES: &[&str] = &[
     "rustc-web",
