@@ -9,7 +9,7 @@ use std::{
     process::{Command, ExitCode},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 mod fuzz;
@@ -172,13 +172,7 @@ fn cargo_bin_dir() -> PathBuf {
 
 fn status(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
-    let st = cmd
-        .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !st.success() {
-        bail!("{cmd:?} failed: {st}");
-    }
-    Ok(())
+    bindsto_vm_tests::run_cmd(cmd)
 }
 
 fn is_root() -> bool {
