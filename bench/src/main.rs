@@ -7,7 +7,8 @@
 //! ended by PID and every loop device and mount is undone, also when a step fails.
 //!
 //! `cargo xtask bench` installs the tools and builds the release agent and faultyfs, then runs
-//! this binary, which finds them next to itself (or through `$BINDSTO_BIN`, `$FAULTYFS_BIN`).
+//! this binary, which finds them next to itself (or through `$BINDSTO_BIN`, `$FAULTYFS_BIN`)
+//! and writes where its argument says.
 //! Layers: fixtures, tools and bpf (the kernel's program accounting) < measure (one file per
 //! measurement) < report (the Markdown writer) < main.
 
@@ -18,11 +19,7 @@ mod measure;
 mod report;
 mod tools;
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-    time::Instant,
-};
+use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::Result;
 use bindsto_tests::{agent::default_agent_bin, faulty::default_faultyfs_bin};
@@ -40,16 +37,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-/// Runs everything and writes docs/BENCHMARKS.md.
+/// Runs everything and writes the report to the file named by the one argument (by default
+/// this checkout's docs/BENCHMARKS.md).
 fn bench() -> Result<()> {
     let t_start = Instant::now();
-    let root = workspace_root();
+    let path = std::env::args_os().nth(1).map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../docs/BENCHMARKS.md"
+            ))
+        },
+        PathBuf::from,
+    );
     let bin = default_agent_bin()?;
     let faultyfs = default_faultyfs_bin()?;
     let _stats = BpfStats::enable()?;
@@ -86,8 +86,9 @@ fn bench() -> Result<()> {
         ov,
         took,
     });
-    let path = root.join("docs/BENCHMARKS.md");
-    std::fs::create_dir_all(root.join("docs"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&path, doc)?;
     eprintln!(
         "bench: wrote {} in {:.0} s",

@@ -1,7 +1,9 @@
-//! The load and the comparison tracers: fio runs and bpftrace one-liners.
+//! The load, the comparison tracers and the fault injector: fio runs, bpftrace one-liners and
+//! `bindsto gameday`.
 
 use std::{
-    process::Command,
+    path::Path,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -56,12 +58,7 @@ pub fn fio(dev: &str, rw: &str, seconds: u64, extra: &[&str]) -> Result<(f64, u6
         .args(extra)
         .output()
         .context("running fio")?;
-    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "fio output is not JSON: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let v = json_output(&out, "fio output is not JSON")?;
     let job = &v["jobs"][0];
     let side = if rw.contains("write") {
         "write"
@@ -71,4 +68,23 @@ pub fn fio(dev: &str, rw: &str, seconds: u64, extra: &[&str]) -> Result<(f64, u6
     let iops = job[side]["iops"].as_f64().unwrap_or(0.0);
     let errors = job["total_err"].as_u64().unwrap_or(0);
     Ok((iops, errors))
+}
+
+/// `bindsto --log-level off gameday --json ARGS --workdir DIR` (DIR created first): its report.
+pub fn gameday(bin: &Path, args: &[&str], workdir: &Path) -> Result<Value> {
+    std::fs::create_dir_all(workdir)?;
+    let out = Command::new(bin)
+        .args(["--log-level", "off", "gameday", "--json"])
+        .args(args)
+        .arg("--workdir")
+        .arg(workdir)
+        .output()
+        .context("running bindsto gameday")?;
+    json_output(&out, "gameday printed no report")
+}
+
+/// A command's stdout as JSON; the error carries `what` and its stderr.
+fn json_output(out: &Output, what: &str) -> Result<Value> {
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{what}: {}", String::from_utf8_lossy(&out.stderr)))
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::Result;
 
-use crate::{cargo, status};
+use crate::{cargo, status, workspace_root};
 
 /// Installs fio and bpftrace when missing (the bench only; the test suite does not need
 /// bpftrace).
@@ -47,7 +47,7 @@ fn ensure_tools() -> Result<()> {
 }
 
 /// Builds the release agent, faultyfs and the bench, and runs the bench (it finds the other
-/// two next to itself).
+/// two next to itself) to write docs/BENCHMARKS.md.
 pub fn bench() -> Result<()> {
     ensure_tools()?;
     status(cargo().args(["build", "--release", "--package", "bindsto"]))?;
@@ -59,5 +59,10 @@ pub fn bench() -> Result<()> {
         "--bin",
         "faultyfs",
     ]))?;
-    status(cargo().args(["run", "--release", "--package", "bindsto-bench"]))
+    let report = workspace_root().join("docs/BENCHMARKS.md");
+    status(
+        cargo()
+            .args(["run", "--release", "--package", "bindsto-bench", "--"])
+            .arg(report),
+    )
 }

@@ -1,12 +1,12 @@
 //! Detection latency: `bindsto gameday --standalone --repeat REPS`, each scenario on fresh
 //! scratch storage, observed by the engine inside the gameday process.
 
-use std::{collections::BTreeMap, path::Path, process::Command};
+use std::{collections::BTreeMap, path::Path};
 
-use anyhow::{Context, Result};
-use serde_json::Value;
+use anyhow::Result;
 
 use super::REPS;
+use crate::tools::gameday;
 
 #[derive(Default)]
 pub struct Latency {
@@ -15,28 +15,11 @@ pub struct Latency {
 }
 
 pub fn detection(bin: &Path, scratch: &Path) -> Result<Latency> {
-    let dir = scratch.join("gameday");
-    std::fs::create_dir_all(&dir)?;
-    let out = Command::new(bin)
-        .args([
-            "--log-level",
-            "off",
-            "gameday",
-            "--standalone",
-            "--json",
-            "--repeat",
-        ])
-        .arg(REPS.to_string())
-        .arg("--workdir")
-        .arg(&dir)
-        .output()
-        .context("running bindsto gameday")?;
-    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "gameday printed no report: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let v = gameday(
+        bin,
+        &["--standalone", "--repeat", &REPS.to_string()],
+        &scratch.join("gameday"),
+    )?;
     let mut l = Latency::default();
     for r in v["results"].as_array().into_iter().flatten() {
         let e = l

@@ -1,15 +1,14 @@
 //! Overload: a disk failing every request under fio while the agent is frozen (SIGSTOP) for
 //! 3 s, so the ring buffer overruns, and an XFS shutdown on another disk during the flood.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::Result;
 use bindsto_tests::Mode;
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 use crate::fixtures::{BenchAgent, faulty_disk};
-use crate::tools::fio;
+use crate::tools::{fio, gameday};
 
 pub struct Overload {
     pub lost: f64,
@@ -46,27 +45,20 @@ pub fn overload(bin: &Path, scratch: &Path, faultyfs: &Path) -> Result<Overload>
     std::thread::sleep(Duration::from_secs(3));
     let _ = agent.0.signal(Signal::SIGCONT);
     std::thread::sleep(Duration::from_secs(1));
-    let gd_dir = scratch.join("gameday-flood");
-    std::fs::create_dir_all(&gd_dir)?;
-    let gd = Command::new(bin)
-        .args([
-            "--log-level",
-            "off",
-            "gameday",
-            "--json",
+    let addr = agent.0.addr().to_string();
+    let gd_v = gameday(
+        bin,
+        &[
             "--scenario",
             "xfs-shutdown",
-        ])
-        .args([
             "--agent-timeout",
             "10s",
             "--addr",
-            &agent.0.addr().to_string(),
-        ])
-        .arg("--workdir")
-        .arg(&gd_dir)
-        .output()?;
-    let gd_v: Value = serde_json::from_slice(&gd.stdout).unwrap_or_default();
+            &addr,
+        ],
+        &scratch.join("gameday-flood"),
+    )
+    .unwrap_or_default();
     let fio_errors = flood.join().map_err(|_| anyhow::anyhow!("fio thread"))??.1;
     std::thread::sleep(Duration::from_secs(2));
     let alive = agent.0.is_running() && agent.status().is_some();
