@@ -266,7 +266,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     local_addr(cfg.listen)
                 }
             };
-            let (code, body) = api::http_get(addr, "/status", Duration::from_secs(5))
+            let (code, body) = api::client::get(addr, "/status", Duration::from_secs(5))
                 .with_context(|| format!("asking the agent at {addr} (is it running?)"))?;
             anyhow::ensure!(code == 200, "agent at {addr} answered HTTP {code}: {body}");
             let doc: serde_json::Value =

@@ -203,7 +203,7 @@ fn large_responses_are_not_cut_by_the_head_limit() {
         httpd::serve(listener, router, httpd::Limits::default(), stop)
     });
     let addr = srv.addr;
-    let (code, body) = api::http_get(addr, "/big", Duration::from_secs(20)).expect("GET /big");
+    let (code, body) = api::client::get(addr, "/big", Duration::from_secs(20)).expect("GET /big");
     assert_eq!(code, 200);
     assert_eq!(body.len(), 4 << 20);
 }

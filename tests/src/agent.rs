@@ -1,13 +1,12 @@
 //! `Agent`: runs the `bindsto` binary with a test config on a free loopback port and talks to
-//! its HTTP API with a tiny blocking HTTP/1.1 client.
+//! its HTTP API with the agent's own blocking HTTP/1.1 client.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use tempfile::TempDir;
 
 /// How long one HTTP request may take.
@@ -92,6 +91,18 @@ impl Agent {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Agent> {
+        Self::start_within(bin, config_toml, extra_args, env, Duration::from_secs(30))
+    }
+
+    /// Like [`Agent::start_with_env`], waiting up to `ready_within` for `/healthz` (a `bin`
+    /// that first builds a large mount table needs longer than the usual 30 s).
+    pub fn start_within(
+        bin: impl AsRef<Path>,
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        ready_within: Duration,
+    ) -> anyhow::Result<Agent> {
         let bin = bin.as_ref().to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("bindsto-agent-")
@@ -123,7 +134,7 @@ impl Agent {
             bin,
         };
         // On error `agent` is dropped: the process is stopped and (if panicking) logged.
-        agent.wait_healthz(Duration::from_secs(30))?;
+        agent.wait_healthz(ready_within)?;
         Ok(agent)
     }
 
@@ -269,6 +280,16 @@ impl Agent {
         }
     }
 
+    /// Sends `signal` by PID (e.g. SIGSTOP to freeze it), only while it is our unreaped child.
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        if !self.is_running() {
+            bail!("the agent already exited");
+        }
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).context("kill")?;
+        Ok(())
+    }
+
     /// `kill -9` by PID (no chance to clean up, as in a crash or an OOM kill) and reaps it.
     pub fn kill9(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
@@ -316,88 +337,11 @@ impl Drop for Agent {
     }
 }
 
-/// A minimal blocking `GET` over HTTP/1.1 with `Connection: close`. Handles `Content-Length`,
-/// chunked and read-to-EOF bodies.
+/// Blocking `GET path` -> (status code, body), through the agent's own client
+/// ([`bindsto::api::client::get`]): a fresh socket per request, nothing pooled, so latencies
+/// measured with it are the server's.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: bindsto-tests\r\nAccept: */*\r\n\
-         Connection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
-        // A reset after a complete answer (server closed with unread input) is still an answer.
-        return parse_response(&raw)
-            .map_err(|_| anyhow::Error::new(e))
-            .with_context(|| format!("reading the answer to GET {path}"));
-    }
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in {:?}", String::from_utf8_lossy(raw)))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let code: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for h in lines {
-        if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-                chunked = true;
-            } else if k == "content-length" {
-                length = v.parse::<usize>().ok();
-            }
-        }
-    }
-    let body = if chunked {
-        dechunk(body)?
-    } else if let Some(n) = length {
-        if body.len() < n {
-            bail!("body shorter ({}) than Content-Length {n}", body.len());
-        }
-        body[..n].to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok((code, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("truncated chunk size"))?;
-        let size_str = String::from_utf8_lossy(&b[..eol]);
-        let size_str = size_str.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .with_context(|| format!("bad chunk size {size_str:?}"))?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size + 2 {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
+    bindsto::api::client::get(addr, path, timeout).with_context(|| format!("GET {path} on {addr}"))
 }
 
 #[cfg(test)]
@@ -418,45 +362,5 @@ mod tests {
             out.starts_with("listen = \"127.0.0.1:4242\"\n[[watch]]"),
             "{out}"
         );
-    }
-
-    #[test]
-    fn parses_responses() {
-        let (c, b) =
-            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA").unwrap();
-        assert_eq!((c, b.as_str()), (200, "ok"));
-        let (c, b) = parse_response(
-            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n\
-              3\r\n{\"a\r\n2;x=y\r\n\":\r\n1\r\n1\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((c, b.as_str()), (503, "{\"a\":1"));
-        let (c, b) = parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nnope").unwrap();
-        assert_eq!((c, b.as_str()), (404, "nope"));
-    }
-
-    #[test]
-    fn get_against_a_local_server() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0, "client closed early");
-                req.extend_from_slice(&buf[..n]);
-            }
-            let req = String::from_utf8_lossy(&req).into_owned();
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong")
-                .unwrap();
-            req
-        });
-        let (code, body) = http_get(addr, "/healthz", Duration::from_secs(5)).unwrap();
-        assert_eq!((code, body.as_str()), (200, "pong"));
-        let req = server.join().unwrap();
-        assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains("Connection: close"), "{req}");
     }
 }

@@ -21,7 +21,7 @@ pub const BLOCKED_AFTER: Duration = Duration::from_secs(3);
 /// True if an agent answers `/status` at `addr`.
 pub fn agent_at(addr: SocketAddr) -> bool {
     matches!(
-        api::http_get(addr, "/status", Duration::from_secs(1)),
+        api::client::get(addr, "/status", Duration::from_secs(1)),
         Ok((200, _))
     )
 }
@@ -35,7 +35,7 @@ impl Observer {
     pub fn status(&self) -> Result<Value, GamedayError> {
         match self {
             Observer::Agent(addr) => {
-                let (code, body) = api::http_get(*addr, "/status", Duration::from_secs(2))
+                let (code, body) = api::client::get(*addr, "/status", Duration::from_secs(2))
                     .map_err(|e| GamedayError::Agent(format!("{addr}: {e}")))?;
                 if code != 200 {
                     return Err(GamedayError::Agent(format!("{addr} answered HTTP {code}")));

@@ -1,0 +1,221 @@
+//! Agent footprint: CPU and peak RSS of the release agent idle, under 100k block events per
+//! second, with 5,000 bind mounts and with 10,000 requests in its in-flight map.
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use bindsto_tests::{BgProcess, FaultyDisk, Mode, run_cmd, sys::block_stat};
+use serde_json::Value;
+
+use crate::fixtures::{BenchAgent, RamLoop, faulty_disk, sh};
+use crate::tools::fio;
+
+pub struct Footprint {
+    pub rows: Vec<(String, f64, f64, String)>,
+}
+
+pub fn footprint_runs(
+    bin: &Path,
+    scratch: &Path,
+    ram: &RamLoop,
+    faultyfs: &Path,
+) -> Result<Footprint> {
+    let mut rows = Vec::new();
+    // Idle, 1 s scans.
+    {
+        let agent = BenchAgent::start(bin, scratch, "idle", None)?;
+        std::thread::sleep(Duration::from_secs(3));
+        let (cpu, rss) = footprint(agent.pid(), Duration::from_secs(20))?;
+        rows.push(("idle (1 s scan)".into(), cpu, rss, String::new()));
+    }
+    // 100k block events per second: 50k IOPS (issue + complete each).
+    {
+        let agent = BenchAgent::start(bin, scratch, "load", None)?;
+        let stat0 = block_ios(ram.name());
+        let dev = ram.dev.clone();
+        let load = std::thread::spawn(move || fio(&dev, "randread", 16, &["--rate_iops=50000"]));
+        std::thread::sleep(Duration::from_secs(3));
+        let (cpu, rss) = footprint(agent.pid(), Duration::from_secs(10))?;
+        let _ = load.join();
+        let ios = block_ios(ram.name()) - stat0;
+        rows.push((
+            "100k block events/s".into(),
+            cpu,
+            rss,
+            format!(
+                "{:.0} events/s achieved (2 per I/O)",
+                ios as f64 * 2.0 / 16.0
+            ),
+        ));
+    }
+    // 5,000 bind mounts in the agent's (private) mount namespace.
+    {
+        let dir = scratch.join("mounts");
+        std::fs::create_dir_all(&dir)?;
+        let d = dir.display();
+        let prefix = format!(
+            "mount -t tmpfs bindsto-bench-mounts {d} && mkdir {d}/src && i=0; \
+             while [ $i -lt 5000 ]; do mkdir {d}/m$i && mount --bind {d}/src {d}/m$i || exit 1; i=$((i+1)); done"
+        );
+        let t0 = Instant::now();
+        let agent = BenchAgent::start(bin, scratch, "mounts", Some(&prefix))?;
+        let setup = t0.elapsed();
+        let n = std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid()))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(3));
+        let (cpu, rss) = footprint(agent.pid(), Duration::from_secs(15))?;
+        rows.push((
+            "5,000 bind mounts".into(),
+            cpu,
+            rss,
+            format!(
+                "{n} lines in the agent's mountinfo (made in {:.0} s)",
+                setup.as_secs_f64()
+            ),
+        ));
+    }
+    // 10,000 requests in the in-flight map, on a hung disk (so none is a phantom to drop).
+    {
+        let disk = faulty_disk(faultyfs)?;
+        let agent = BenchAgent::start(bin, scratch, "inflight", None)?;
+        disk.set_mode(Mode::Hang)?;
+        let mut dd = Command::new("dd");
+        dd.args([
+            &format!("if={}", disk.loop_dev().display()),
+            "of=/dev/null",
+            "bs=4k",
+            "count=1",
+            "iflag=direct",
+        ]);
+        let reader = BgProcess::spawn(dd)?;
+        std::thread::sleep(Duration::from_secs(1));
+        let map_id = fill_inflight_map(agent.pid(), &disk, scratch, 10_000)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (cpu, rss) = footprint(agent.pid(), Duration::from_secs(10))?;
+        // Still there after the window: the scanner kept them (the disk really has a request
+        // in flight), so every scan walked all of them.
+        let left = Command::new("bpftool")
+            .args(["map", "dump", "id", &map_id, "--json"])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0);
+        rows.push((
+            "10,000 requests in flight".into(),
+            cpu,
+            rss,
+            format!("10000 entries written with bpftool; {left} in the map after the window"),
+        ));
+        disk.set_mode(Mode::Pass)?;
+        drop(reader);
+    }
+    Ok(Footprint { rows })
+}
+
+/// CPU time (user + system, all threads) and RSS of a process.
+fn cpu_rss(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((ticks / 100.0, rss_kb / 1024.0))
+}
+
+/// CPU % of one core and peak RSS (MiB) of `pid` over `window`, sampled every 250 ms.
+fn footprint(pid: u32, window: Duration) -> Result<(f64, f64)> {
+    let (c0, mut peak) = cpu_rss(pid).context("agent gone")?;
+    let t0 = Instant::now();
+    while t0.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some((_, rss)) = cpu_rss(pid) {
+            peak = peak.max(rss);
+        }
+    }
+    let (c1, rss) = cpu_rss(pid).context("agent gone")?;
+    Ok((
+        (c1 - c0) / t0.elapsed().as_secs_f64() * 100.0,
+        peak.max(rss),
+    ))
+}
+
+/// Writes `n` entries for `disk` into the agent's RQ_INFLIGHT map (found through the agent's
+/// own fds, so other agents on the host are never touched) with one `bpftool batch`.
+fn fill_inflight_map(pid: u32, disk: &FaultyDisk, scratch: &Path, n: u32) -> Result<String> {
+    let mut map_id = None;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+        if field("max_entries:") == Some("65536")
+            && field("key_size:") == Some("16")
+            && field("value_size:") == Some("16")
+        {
+            map_id = field("map_id:").map(str::to_string);
+        }
+    }
+    let map_id = map_id.context("the agent's RQ_INFLIGHT map")?;
+    let now_ns: u64 = sh(
+        "python3 -c 'import time; print(time.monotonic_ns())'",
+        Duration::from_secs(30),
+    )?
+    .trim()
+    .parse()?;
+    // The kernel's dev_t as the programs key it: major << 20 | minor.
+    let (major, minor) = disk
+        .dev_id()
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .context("the disk's major:minor")?;
+    let dev = (major << 20) | minor;
+    let hex = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut batch = String::new();
+    for i in 0..n {
+        let mut key = dev.to_le_bytes().to_vec();
+        key.extend(0u32.to_le_bytes());
+        key.extend((1_000_000 + u64::from(i) * 8).to_le_bytes());
+        let mut val = (now_ns - 1_000_000_000).to_le_bytes().to_vec();
+        val.extend(1u32.to_le_bytes());
+        val.extend(8u32.to_le_bytes());
+        let _ = writeln!(
+            batch,
+            "map update id {map_id} key hex {} value hex {}",
+            hex(&key),
+            hex(&val)
+        );
+    }
+    let file = scratch.join("inflight.batch");
+    std::fs::write(&file, batch)?;
+    let file = file.to_string_lossy().into_owned();
+    run_cmd(
+        "bpftool",
+        &["batch", "file", &file],
+        Duration::from_secs(120),
+    )?;
+    Ok(map_id)
+}
+
+/// Reads and writes completed on `name` so far (sysfs stat).
+fn block_ios(name: &str) -> u64 {
+    block_stat(name).map_or(0, |s| s.read_ios + s.write_ios)
+}
