@@ -305,7 +305,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             repeat,
             agent_timeout,
         } => gameday(
-            bindsto::gameday::Options {
+            bindsto::gameday::GamedayOptions {
                 scenarios: scenario,
                 workdir,
                 agent: addr,
@@ -326,7 +326,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 /// `bindsto gameday`: exit 0 when every scenario passed, 1 on a miss, 2 when it could not run,
 /// 130 when interrupted (after cleaning up).
-fn gameday(opts: bindsto::gameday::Options, json: bool) -> anyhow::Result<ExitCode> {
+fn gameday(opts: bindsto::gameday::GamedayOptions, json: bool) -> anyhow::Result<ExitCode> {
     use bindsto::gameday::{self, GamedayError};
     match gameday::run(&opts) {
         Ok(report) => {

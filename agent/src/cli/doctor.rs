@@ -15,7 +15,7 @@ pub enum Verdict {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Check {
+pub struct DoctorCheck {
     pub requirement: String,
     pub verdict: Verdict,
     pub detail: String,
@@ -24,12 +24,12 @@ pub struct Check {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct DoctorReport {
     pub kernel: String,
-    pub checks: Vec<Check>,
+    pub checks: Vec<DoctorCheck>,
 }
 
-impl Report {
+impl DoctorReport {
     /// No requirement failed (warnings are blind spots, not blockers).
     pub fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.verdict != Verdict::Fail)
@@ -67,8 +67,8 @@ fn check(
     verdict: Verdict,
     detail: impl Into<String>,
     fix: Option<&str>,
-) -> Check {
-    Check {
+) -> DoctorCheck {
+    DoctorCheck {
         requirement: requirement.into(),
         verdict,
         detail: detail.into(),
@@ -89,7 +89,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-pub fn run() -> Report {
+pub fn run() -> DoctorReport {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
@@ -198,11 +198,11 @@ pub fn run() -> Report {
         }
         // Dropping `loaded` detaches everything: doctor leaves nothing behind.
     }
-    Report { kernel, checks }
+    DoctorReport { kernel, checks }
 }
 
 /// The capabilities the systemd unit grants beyond loading programs, each with why it matters.
-fn capability_checks(kernel: &str, has: impl Fn(u32) -> bool) -> Vec<Check> {
+fn capability_checks(kernel: &str, has: impl Fn(u32) -> bool) -> Vec<DoctorCheck> {
     const UNIT_FIX: &str = "add it to CapabilityBoundingSet= of bindsto.service (the packaged unit has it), or run as root";
     let mut out = Vec::new();
     out.push(if has(CAP_DAC_READ_SEARCH) {

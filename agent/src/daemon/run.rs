@@ -19,7 +19,7 @@ use crate::{
     daemon::reload::{self, ConfigSource},
     daemon::service::Service,
     probes::events::KernelEvent,
-    probes::{Loaded, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
+    probes::{AttachedProbes, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
     publish::metrics::Metrics,
     remedy::Remedy,
     scan::pathcheck::PathChecker,
@@ -75,7 +75,7 @@ pub fn tracefs() -> Option<PathBuf> {
 /// Loads and attaches the kernel programs; on failure the agent runs on sysfs and probes
 /// alone, and every probe is reported as failed.
 pub fn load_probes() -> (
-    Option<Loaded>,
+    Option<AttachedProbes>,
     Option<crate::probes::Maps>,
     Vec<ProbeStatus>,
 ) {
@@ -86,7 +86,7 @@ pub fn load_probes() -> (
 fn load_probes_from(
     layouts: Option<PathBuf>,
 ) -> (
-    Option<Loaded>,
+    Option<AttachedProbes>,
     Option<crate::probes::Maps>,
     Vec<ProbeStatus>,
 ) {
@@ -97,7 +97,7 @@ fn load_probes_from(
             all_probes(ProbeState::Failed, "tracefs not available"),
         );
     };
-    match Loaded::load(&tracefs) {
+    match AttachedProbes::load(&tracefs) {
         Ok((loaded, maps)) => {
             let status = loaded.status().to_vec();
             (Some(loaded), Some(maps), status)
@@ -110,7 +110,7 @@ fn load_probes_from(
 }
 
 type Probes = (
-    Option<Loaded>,
+    Option<AttachedProbes>,
     Option<crate::probes::Maps>,
     Vec<ProbeStatus>,
 );

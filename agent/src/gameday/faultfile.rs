@@ -73,9 +73,9 @@ enum Disposition {
 }
 
 /// A data request with its reply object, runnable now or later (when parked).
-type Job = Box<dyn FnOnce(&Shared, Disposition) + Send>;
+type Job = Box<dyn FnOnce(&FaultShared, Disposition) + Send>;
 
-struct State {
+struct FaultState {
     mode: Mode,
     parked: VecDeque<Job>,
 }
@@ -92,16 +92,16 @@ struct Counters {
 }
 
 /// The state shared by the FUSE threads and whoever switches modes.
-pub struct Shared {
+pub struct FaultShared {
     backing: File,
-    state: Mutex<State>,
+    state: Mutex<FaultState>,
     counters: Counters,
     direct_io: bool,
     verbose: bool,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl FaultShared {
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -260,7 +260,7 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
 }
 
 struct FaultyFs {
-    shared: Arc<Shared>,
+    shared: Arc<FaultShared>,
 }
 
 impl Filesystem for FaultyFs {
@@ -361,7 +361,7 @@ impl Filesystem for FaultyFs {
         }
         self.shared.submit(
             "read",
-            Box::new(move |sh: &Shared, d| {
+            Box::new(move |sh: &FaultShared, d| {
                 if d == Disposition::Fail {
                     reply.error(sh.eio());
                     return;
@@ -404,7 +404,7 @@ impl Filesystem for FaultyFs {
         let data = data.to_vec();
         self.shared.submit(
             "write",
-            Box::new(move |sh: &Shared, d| {
+            Box::new(move |sh: &FaultShared, d| {
                 if d == Disposition::Fail {
                     reply.error(sh.eio());
                     return;
@@ -449,7 +449,7 @@ impl Filesystem for FaultyFs {
         }
         self.shared.submit(
             "fsync",
-            Box::new(move |sh: &Shared, d| {
+            Box::new(move |sh: &FaultShared, d| {
                 if d == Disposition::Fail {
                     reply.error(sh.eio());
                     return;
@@ -485,7 +485,7 @@ impl Filesystem for FaultyFs {
         // Discards of the loop device arrive here (punch hole / zero range).
         self.shared.submit(
             "fallocate",
-            Box::new(move |sh: &Shared, d| {
+            Box::new(move |sh: &FaultShared, d| {
                 if d == Disposition::Fail {
                     reply.error(sh.eio());
                     return;
@@ -550,7 +550,7 @@ pub fn timestamp() -> String {
 
 /// How the file is served.
 #[derive(Clone, Copy, Debug)]
-pub struct Options {
+pub struct FaultOptions {
     /// `FOPEN_DIRECT_IO`: every read and write of the loop driver reaches the server (no FUSE
     /// page cache serving reads behind its back).
     pub direct_io: bool,
@@ -558,9 +558,9 @@ pub struct Options {
     pub verbose: bool,
 }
 
-impl Default for Options {
+impl Default for FaultOptions {
     fn default() -> Self {
-        Options {
+        FaultOptions {
             direct_io: true,
             verbose: false,
         }
@@ -570,7 +570,7 @@ impl Default for Options {
 /// A mounted fault file: `<mountpoint>/disk.img` backed by `<backing>`, served by FUSE threads
 /// of this process. Dropping it unmounts (lazily when a loop device still holds the file).
 pub struct FaultFile {
-    shared: Arc<Shared>,
+    shared: Arc<FaultShared>,
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
 }
@@ -581,7 +581,7 @@ impl FaultFile {
     pub fn mount(
         backing: &Path,
         mountpoint: &Path,
-        opts: Options,
+        opts: FaultOptions,
     ) -> Result<FaultFile, FaultFileError> {
         let file = OpenOptions::new()
             .read(true)
@@ -593,9 +593,9 @@ impl FaultFile {
                 path: backing.to_path_buf(),
                 source,
             })?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(FaultShared {
             backing: file,
-            state: Mutex::new(State {
+            state: Mutex::new(FaultState {
                 mode: Mode::Pass,
                 parked: VecDeque::new(),
             }),
@@ -642,7 +642,7 @@ impl FaultFile {
     }
 
     /// The mode switch and counters, shareable with other threads.
-    pub fn shared(&self) -> Arc<Shared> {
+    pub fn shared(&self) -> Arc<FaultShared> {
         Arc::clone(&self.shared)
     }
 

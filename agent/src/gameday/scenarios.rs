@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    GamedayError, Outcome,
+    ExperimentOutcome, GamedayError,
     faultfile::Mode,
     observe::{self, BLOCKED_AFTER, InProcess, Observer, SCAN, STALL_AFTER},
     scratch::Scratch,
@@ -127,7 +127,7 @@ struct Run {
     note: String,
 }
 
-pub fn run(ctx: &Ctx, name: &'static str) -> Result<Outcome, GamedayError> {
+pub fn run(ctx: &Ctx, name: &'static str) -> Result<ExperimentOutcome, GamedayError> {
     let r = match name {
         "xfs-shutdown" => xfs_shutdown(ctx)?,
         "disk-errors" => disk_errors(ctx)?,
@@ -135,7 +135,7 @@ pub fn run(ctx: &Ctx, name: &'static str) -> Result<Outcome, GamedayError> {
         "mount-hang" => mount_hang(ctx)?,
         _ => recovery(ctx)?,
     };
-    Ok(Outcome {
+    Ok(ExperimentOutcome {
         scenario: name,
         repetition: 1,
         expected: r.expected.to_string(),
