@@ -8,6 +8,7 @@ pub mod faultfile;
 mod observe;
 mod scenarios;
 mod scratch;
+mod status_doc;
 
 use std::{
     net::SocketAddr,

@@ -8,13 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
 use super::{
     ExperimentOutcome, GamedayError,
     faultfile::Mode,
     observe::{self, BLOCKED_AFTER, InProcess, Observer, SCAN, STALL_AFTER},
     scratch::Scratch,
+    status_doc::{device_errors, reason, state},
 };
 
 pub const SCENARIOS: [&str; 5] = [
@@ -82,36 +81,6 @@ impl Ctx {
             self.agent_timeout
         }
     }
-}
-
-fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
-    s["targets"]
-        .as_array()?
-        .iter()
-        .find(|t| t["kind"] == kind && t["id"] == id)
-}
-
-fn state(s: &Value, kind: &str, id: &str) -> String {
-    target(s, kind, id)
-        .and_then(|t| t["state"].as_str())
-        .unwrap_or("absent")
-        .to_string()
-}
-
-fn reason<'a>(s: &'a Value, kind: &str, id: &str, signal: &str) -> Option<&'a Value> {
-    target(s, kind, id)?
-        .get("reasons")?
-        .as_array()?
-        .iter()
-        .find(|r| r["signal"] == signal)
-}
-
-fn device_errors(s: &Value, name: &str) -> u64 {
-    s["devices"]
-        .as_array()
-        .and_then(|ds| ds.iter().find(|d| d["name"] == name))
-        .and_then(|d| d["io_errors"].as_u64())
-        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> f64 {
