@@ -263,6 +263,13 @@ fn missing_fix(probe: &str) -> &'static str {
     }
 }
 
+/// `bindsto doctor`: the report as text or JSON; exit 0 when the agent can do its job here.
+pub fn command(json: bool) -> Result<std::process::ExitCode, super::CliError> {
+    let report = run();
+    super::emit(&report, json, DoctorReport::render)?;
+    Ok(super::verdict(report.ok()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
