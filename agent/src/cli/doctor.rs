@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::{daemon::run, probes::ProbeState};
+use crate::{daemon::startup, probes::ProbeState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,7 +115,7 @@ pub fn run() -> DoctorReport {
 
     checks.extend(capability_checks(&kernel, has));
 
-    let tracefs = run::tracefs();
+    let tracefs = startup::tracefs();
     match &tracefs {
         Some(p) => checks.push(check("tracefs", Verdict::Ok, p.display().to_string(), None)),
         None => checks.push(check(
@@ -159,7 +159,7 @@ pub fn run() -> DoctorReport {
     }
 
     if tracefs.is_some() {
-        let (loaded, _maps, status) = run::load_probes();
+        let (loaded, _maps, status) = startup::load_probes();
         if loaded.is_none() {
             let detail = status
                 .first()

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use super::{CliError, config_exit, runtime};
-use crate::daemon::{reload::ConfigSource, rt, run};
+use crate::daemon::{reload::ConfigSource, rt, run, startup};
 
 pub fn command(config: Option<PathBuf>, dry_run: bool) -> Result<ExitCode, CliError> {
     let source = ConfigSource::new(config, dry_run);
@@ -15,7 +15,7 @@ pub fn command(config: Option<PathBuf>, dry_run: bool) -> Result<ExitCode, CliEr
             return Ok(config_exit(e.exit_code()));
         }
     };
-    run::preload_probes_and_drop_privileges();
+    startup::preload_probes_and_drop_privileges();
     // Threads hung on watched storage must not hold the exit.
     rt::run_to_end(
         runtime()?,
