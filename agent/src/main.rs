@@ -3,16 +3,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Context;
 use bindsto::{
-    api,
-    cli::doctor,
-    config::{Config, DEFAULT_TOML},
-    daemon::run,
+    cli::{self, CliError, help},
+    config::DEFAULT_TOML,
+    gameday::GamedayOptions,
 };
 use clap::{Parser, Subcommand, ValueEnum};
-
-use bindsto::cli::help;
 
 /// bindsto: a kernel-level storage watchdog for container hosts.
 ///
@@ -165,137 +161,31 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
-fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("bindsto: {e}");
-        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
-    })
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    bindsto::daemon::rt::runtime().context("starting the async runtime")
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            // The reloader handles SIGHUP; this stream only keeps its default action (exit)
-            // from ever applying, even before the reloader is set up.
-            _ = hup.recv() => {}
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bindsto: {e:#}");
+            // The whole chain of causes, as "what: why: why".
+            eprintln!("bindsto: {:#}", anyhow::Error::from(e));
             ExitCode::from(2)
         }
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+fn dispatch(command: Command) -> Result<ExitCode, CliError> {
     match command {
-        Command::Run { config, dry_run } => {
-            let source = bindsto::daemon::reload::ConfigSource::new(config, dry_run);
-            let cfg = match source.load() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("bindsto: {e}");
-                    return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
-                }
-            };
-            run::preload_probes_and_drop_privileges();
-            // Threads hung on watched storage must not hold the exit.
-            bindsto::daemon::rt::run_to_end(
-                runtime()?,
-                bindsto::daemon::rt::SHUTDOWN_GRACE,
-                run::run_service(cfg, Some(source), shutdown_signal()),
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Run { config, dry_run } => cli::run::command(config, dry_run),
         Command::Check {
             config,
             json,
             duration,
-        } => {
-            let cfg = match load_config(config.as_deref()) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let status = bindsto::daemon::rt::run_to_end(
-                runtime()?,
-                bindsto::daemon::rt::SHUTDOWN_GRACE,
-                run::check(cfg, duration),
-            )?;
-            let doc = serde_json::to_value(&*status)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                print!("{}", bindsto::publish::status::render_table(&doc));
-            }
-            Ok(if status.healthy {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        } => cli::check::command(config.as_deref(), json, duration),
         Command::Status { json, config, addr } => {
-            let addr = match addr {
-                Some(a) => a,
-                None => {
-                    let cfg = match load_config(config.as_deref()) {
-                        Ok(c) => c,
-                        Err(code) => return Ok(code),
-                    };
-                    local_addr(cfg.listen)
-                }
-            };
-            let (code, body) = api::client::get(addr, "/status", Duration::from_secs(5))
-                .with_context(|| format!("asking the agent at {addr} (is it running?)"))?;
-            anyhow::ensure!(code == 200, "agent at {addr} answered HTTP {code}: {body}");
-            let doc: serde_json::Value =
-                serde_json::from_str(&body).context("the agent's /status is not JSON")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                print!("{}", bindsto::publish::status::render_table(&doc));
-            }
-            let healthy = doc.get("healthy").and_then(serde_json::Value::as_bool);
-            Ok(if healthy == Some(true) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            cli::status::command(json, config.as_deref(), addr)
         }
-        Command::Doctor { json } => {
-            let report = doctor::run();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Command::Doctor { json } => cli::doctor::command(json),
         Command::Gameday {
             scenario,
             json,
@@ -304,8 +194,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             standalone,
             repeat,
             agent_timeout,
-        } => gameday(
-            bindsto::gameday::Options {
+        } => cli::gameday::command(
+            &GamedayOptions {
                 scenarios: scenario,
                 workdir,
                 agent: addr,
@@ -321,35 +211,5 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print!("{DEFAULT_TOML}");
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// `bindsto gameday`: exit 0 when every scenario passed, 1 on a miss, 2 when it could not run,
-/// 130 when interrupted (after cleaning up).
-fn gameday(opts: bindsto::gameday::Options, json: bool) -> anyhow::Result<ExitCode> {
-    use bindsto::gameday::{self, GamedayError};
-    match gameday::run(&opts) {
-        Ok(report) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", gameday::render(&report));
-            }
-            Ok(ExitCode::from(if report.passed { 0 } else { 1 }))
-        }
-        Err(e @ GamedayError::Interrupted) => {
-            eprintln!("bindsto: {e}");
-            Ok(ExitCode::from(130))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The address to reach a local agent: a wildcard listen address means loopback.
-fn local_addr(listen: SocketAddr) -> SocketAddr {
-    if listen.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
-    } else {
-        listen
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::{daemon::run, probes::ProbeState};
+use crate::{daemon::startup, probes::ProbeState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -15,7 +15,7 @@ pub enum Verdict {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Check {
+pub struct DoctorCheck {
     pub requirement: String,
     pub verdict: Verdict,
     pub detail: String,
@@ -24,12 +24,12 @@ pub struct Check {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct DoctorReport {
     pub kernel: String,
-    pub checks: Vec<Check>,
+    pub checks: Vec<DoctorCheck>,
 }
 
-impl Report {
+impl DoctorReport {
     /// No requirement failed (warnings are blind spots, not blockers).
     pub fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.verdict != Verdict::Fail)
@@ -67,8 +67,8 @@ fn check(
     verdict: Verdict,
     detail: impl Into<String>,
     fix: Option<&str>,
-) -> Check {
-    Check {
+) -> DoctorCheck {
+    DoctorCheck {
         requirement: requirement.into(),
         verdict,
         detail: detail.into(),
@@ -89,7 +89,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-pub fn run() -> Report {
+pub fn run() -> DoctorReport {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
@@ -115,7 +115,7 @@ pub fn run() -> Report {
 
     checks.extend(capability_checks(&kernel, has));
 
-    let tracefs = run::tracefs();
+    let tracefs = startup::tracefs();
     match &tracefs {
         Some(p) => checks.push(check("tracefs", Verdict::Ok, p.display().to_string(), None)),
         None => checks.push(check(
@@ -159,7 +159,7 @@ pub fn run() -> Report {
     }
 
     if tracefs.is_some() {
-        let (loaded, _maps, status) = run::load_probes();
+        let (loaded, _maps, status) = startup::load_probes();
         if loaded.is_none() {
             let detail = status
                 .first()
@@ -198,11 +198,11 @@ pub fn run() -> Report {
         }
         // Dropping `loaded` detaches everything: doctor leaves nothing behind.
     }
-    Report { kernel, checks }
+    DoctorReport { kernel, checks }
 }
 
 /// The capabilities the systemd unit grants beyond loading programs, each with why it matters.
-fn capability_checks(kernel: &str, has: impl Fn(u32) -> bool) -> Vec<Check> {
+fn capability_checks(kernel: &str, has: impl Fn(u32) -> bool) -> Vec<DoctorCheck> {
     const UNIT_FIX: &str = "add it to CapabilityBoundingSet= of bindsto.service (the packaged unit has it), or run as root";
     let mut out = Vec::new();
     out.push(if has(CAP_DAC_READ_SEARCH) {
@@ -261,6 +261,13 @@ fn missing_fix(probe: &str) -> &'static str {
     } else {
         "a kernel that has this tracepoint"
     }
+}
+
+/// `bindsto doctor`: the report as text or JSON; exit 0 when the agent can do its job here.
+pub fn command(json: bool) -> Result<std::process::ExitCode, super::CliError> {
+    let report = run();
+    super::emit(&report, json, DoctorReport::render)?;
+    Ok(super::verdict(report.ok()))
 }
 
 #[cfg(test)]

@@ -7,14 +7,14 @@ use std::fmt::Write;
 use serde_json::Value;
 
 /// Columns sized to their widest cell; the last column is left unpadded.
-struct Table {
+struct TextTable {
     header: Vec<&'static str>,
     rows: Vec<Vec<String>>,
 }
 
-impl Table {
+impl TextTable {
     fn new(header: &[&'static str]) -> Self {
-        Table {
+        TextTable {
             header: header.to_vec(),
             rows: Vec::new(),
         }
@@ -114,7 +114,7 @@ pub fn render(doc: &Value) -> String {
 
     let targets = arr(doc, "targets");
     let _ = writeln!(out, "\nTARGETS ({})", targets.len());
-    let mut t = Table::new(&[
+    let mut t = TextTable::new(&[
         "KIND", "ID", "STATE", "CRITICAL", "DEVICE", "SINCE", "REASONS",
     ]);
     for tg in targets {
@@ -145,7 +145,7 @@ pub fn render(doc: &Value) -> String {
 
     let devices = arr(doc, "devices");
     let _ = writeln!(out, "\nDEVICES ({})", devices.len());
-    let mut t = Table::new(&[
+    let mut t = TextTable::new(&[
         "NAME",
         "DEV",
         "INFLIGHT",
@@ -168,7 +168,7 @@ pub fn render(doc: &Value) -> String {
     let calls = arr(doc, "blocked_mount_calls");
     let _ = writeln!(out, "\nBLOCKED MOUNT CALLS ({})", calls.len());
     if !calls.is_empty() {
-        let mut t = Table::new(&[
+        let mut t = TextTable::new(&[
             "PID",
             "COMM",
             "SYSCALL",
@@ -192,7 +192,7 @@ pub fn render(doc: &Value) -> String {
     let watches = arr(doc, "watches");
     if !watches.is_empty() {
         let _ = writeln!(out, "\nWATCHES ({})", watches.len());
-        let mut t = Table::new(&["PATH", "CRITICAL", "MOUNT"]);
+        let mut t = TextTable::new(&["PATH", "CRITICAL", "MOUNT"]);
         for w in watches {
             let mount = match w.get("problem") {
                 Some(Value::String(p)) => format!("not applied: {p}"),
@@ -217,7 +217,7 @@ pub fn render(doc: &Value) -> String {
             "\nPROBES NOT ATTACHED ({}; `bindsto doctor` says why)",
             missing.len()
         );
-        let mut t = Table::new(&["PROBE", "STATE", "DETAIL"]);
+        let mut t = TextTable::new(&["PROBE", "STATE", "DETAIL"]);
         for p in missing {
             t.row(vec![s(p, "probe"), s(p, "state"), s(p, "detail")]);
         }
@@ -255,7 +255,7 @@ fn render_remediation(rem: &Value, out: &mut String) {
     if incidents.is_empty() {
         return;
     }
-    let mut t = Table::new(&["INCIDENT", "PHASE", "OPENED", "ACTION", "OUTCOME", "DETAIL"]);
+    let mut t = TextTable::new(&["INCIDENT", "PHASE", "OPENED", "ACTION", "OUTCOME", "DETAIL"]);
     for i in incidents.iter().rev().take(3) {
         let steps = arr(i, "steps");
         let first = steps.first();

@@ -20,15 +20,15 @@ use crate::{
 /// Marks of progress from the drive loop: the time of the last completed scan tick, and the
 /// scan interval in effect (a reload may change it), which bounds how old a mark may be.
 #[derive(Debug)]
-pub struct Progress {
+pub struct LoopProgress {
     origin: Instant,
     last_ms: AtomicU64,
     scan_interval_ms: AtomicU64,
 }
 
-impl Default for Progress {
+impl Default for LoopProgress {
     fn default() -> Self {
-        Progress {
+        LoopProgress {
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
             scan_interval_ms: AtomicU64::new(1000),
@@ -36,7 +36,7 @@ impl Default for Progress {
     }
 }
 
-impl Progress {
+impl LoopProgress {
     /// The scan interval in effect; called at start and after a reload.
     pub fn set_scan_interval(&self, d: Duration) {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -64,7 +64,7 @@ impl Progress {
 #[derive(Clone, Debug, Default)]
 pub struct Service {
     notifier: Option<Arc<Notifier>>,
-    progress: Arc<Progress>,
+    progress: Arc<LoopProgress>,
 }
 
 impl Service {
@@ -92,7 +92,7 @@ impl Service {
         }
     }
 
-    pub fn progress(&self) -> &Progress {
+    pub fn progress(&self) -> &LoopProgress {
         &self.progress
     }
 
@@ -128,7 +128,7 @@ impl Service {
 
     /// Starts the watchdog pinger (when systemd asked for one) and the STATUS updater.
     /// `scan_interval` bounds how often the drive loop marks progress (see
-    /// [`Progress::set_scan_interval`] for reloads).
+    /// [`LoopProgress::set_scan_interval`] for reloads).
     pub fn spawn(
         &self,
         shared: Arc<Shared>,
@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn progress_ages_and_resets() {
-        let p = Progress::default();
+        let p = LoopProgress::default();
         p.mark();
         assert!(p.age() < Duration::from_millis(500));
         std::thread::sleep(Duration::from_millis(120));

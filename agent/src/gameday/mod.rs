@@ -8,6 +8,7 @@ pub mod faultfile;
 mod observe;
 mod scenarios;
 mod scratch;
+mod status_doc;
 
 use std::{
     net::SocketAddr,
@@ -73,7 +74,7 @@ fn install_signal_handlers() {
 
 /// What to run and against what.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub struct GamedayOptions {
     /// Scenario names; empty means all.
     pub scenarios: Vec<String>,
     /// The directory in which a fresh scratch directory is created.
@@ -91,7 +92,7 @@ pub struct Options {
 
 /// One scenario run.
 #[derive(Clone, Debug, Serialize)]
-pub struct Outcome {
+pub struct ExperimentOutcome {
     pub scenario: &'static str,
     pub repetition: u32,
     pub expected: String,
@@ -105,11 +106,11 @@ pub struct Outcome {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct GamedayReport {
     pub observer: String,
     pub kernel: String,
     pub passed: bool,
-    pub results: Vec<Outcome>,
+    pub results: Vec<ExperimentOutcome>,
 }
 
 /// Checks that `workdir` is a plain directory, not a device or someone's mounted storage.
@@ -150,7 +151,7 @@ fn kernel() -> String {
 
 /// Runs the selected scenarios and reports each; an `Err` is a run that could not be done
 /// (refused, not root, interrupted), not a missed detection.
-pub fn run(opts: &Options) -> Result<Report, GamedayError> {
+pub fn run(opts: &GamedayOptions) -> Result<GamedayReport, GamedayError> {
     let selected = scenarios::select(&opts.scenarios)?;
     let workdir = check_workdir(&opts.workdir)?;
     if !nix::unistd::geteuid().is_root() {
@@ -187,7 +188,7 @@ pub fn run(opts: &Options) -> Result<Report, GamedayError> {
         Some(a) => format!("running agent at {a}"),
         None => "in-process engine".to_string(),
     };
-    Ok(Report {
+    Ok(GamedayReport {
         observer,
         kernel: kernel(),
         passed: results.iter().all(|o| o.passed),
@@ -204,7 +205,7 @@ fn ms(v: Option<f64>) -> String {
 }
 
 /// The report as a table: scenario, expected signal, detected signal, latency, pass/fail.
-pub fn render(report: &Report) -> String {
+pub fn render(report: &GamedayReport) -> String {
     let mut rows = vec![[
         "SCENARIO".to_string(),
         "EXPECTED".to_string(),
@@ -308,12 +309,12 @@ mod tests {
 
     #[test]
     fn table_has_one_row_per_run_and_a_verdict() {
-        let report = Report {
+        let report = GamedayReport {
             observer: "in-process engine".into(),
             kernel: "6.18".into(),
             passed: false,
             results: vec![
-                Outcome {
+                ExperimentOutcome {
                     scenario: "disk-stall",
                     repetition: 1,
                     expected: "device failed: io_stall".into(),
@@ -323,7 +324,7 @@ mod tests {
                     passed: true,
                     note: String::new(),
                 },
-                Outcome {
+                ExperimentOutcome {
                     scenario: "xfs-shutdown",
                     repetition: 1,
                     expected: "mount failed: xfs_shutdown".into(),

@@ -11,7 +11,10 @@ use std::{
 use serde_json::Value;
 
 use super::{GamedayError, interrupted};
-use crate::{api, config::Config, daemon::run, publish::metrics::Metrics, publish::shared::Shared};
+use crate::{
+    api, config::Config, daemon::in_process, daemon::run, publish::metrics::Metrics,
+    publish::shared::Shared,
+};
 
 /// The in-process engine's thresholds: short, so a GameDay takes seconds, not minutes.
 pub const SCAN: Duration = Duration::from_millis(250);
@@ -104,7 +107,7 @@ pub struct InProcess {
 
 impl InProcess {
     /// Starts an engine watching `watch` as critical; `layouts` hides tracepoints (see
-    /// [`run::in_process::run`]).
+    /// [`in_process::run`]).
     pub fn start(
         rt: &tokio::runtime::Handle,
         watch: &Path,
@@ -123,14 +126,9 @@ impl InProcess {
             .map_err(|e| GamedayError::Agent(format!("in-process config: {e}")))?;
         let shared = Arc::new(Shared::new(Metrics::new(), SystemTime::now(), true));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = rt.spawn(run::in_process::run(
-            cfg,
-            Arc::clone(&shared),
-            layouts,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let task = rt.spawn(in_process::run(cfg, Arc::clone(&shared), layouts, async {
+            let _ = rx.await;
+        }));
         Ok(InProcess {
             shared,
             stop: Some(tx),

@@ -8,13 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
 use super::{
-    GamedayError, Outcome,
+    ExperimentOutcome, GamedayError,
     faultfile::Mode,
     observe::{self, BLOCKED_AFTER, InProcess, Observer, SCAN, STALL_AFTER},
     scratch::Scratch,
+    status_doc::{device_errors, reason, state},
 };
 
 pub const SCENARIOS: [&str; 5] = [
@@ -84,36 +83,6 @@ impl Ctx {
     }
 }
 
-fn target<'a>(s: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
-    s["targets"]
-        .as_array()?
-        .iter()
-        .find(|t| t["kind"] == kind && t["id"] == id)
-}
-
-fn state(s: &Value, kind: &str, id: &str) -> String {
-    target(s, kind, id)
-        .and_then(|t| t["state"].as_str())
-        .unwrap_or("absent")
-        .to_string()
-}
-
-fn reason<'a>(s: &'a Value, kind: &str, id: &str, signal: &str) -> Option<&'a Value> {
-    target(s, kind, id)?
-        .get("reasons")?
-        .as_array()?
-        .iter()
-        .find(|r| r["signal"] == signal)
-}
-
-fn device_errors(s: &Value, name: &str) -> u64 {
-    s["devices"]
-        .as_array()
-        .and_then(|ds| ds.iter().find(|d| d["name"] == name))
-        .and_then(|d| d["io_errors"].as_u64())
-        .unwrap_or(0)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -127,7 +96,7 @@ struct Run {
     note: String,
 }
 
-pub fn run(ctx: &Ctx, name: &'static str) -> Result<Outcome, GamedayError> {
+pub fn run(ctx: &Ctx, name: &'static str) -> Result<ExperimentOutcome, GamedayError> {
     let r = match name {
         "xfs-shutdown" => xfs_shutdown(ctx)?,
         "disk-errors" => disk_errors(ctx)?,
@@ -135,7 +104,7 @@ pub fn run(ctx: &Ctx, name: &'static str) -> Result<Outcome, GamedayError> {
         "mount-hang" => mount_hang(ctx)?,
         _ => recovery(ctx)?,
     };
-    Ok(Outcome {
+    Ok(ExperimentOutcome {
         scenario: name,
         repetition: 1,
         expected: r.expected.to_string(),

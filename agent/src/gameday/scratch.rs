@@ -14,7 +14,7 @@ use crate::topology::{MountEntry, read_mountinfo};
 
 use super::{
     GamedayError,
-    faultfile::{FaultFile, Mode, Options},
+    faultfile::{FaultFile, FaultOptions, Mode},
     interrupted,
 };
 
@@ -199,7 +199,7 @@ impl Scratch {
         let fault = FaultFile::mount(
             &s.top.join("backing/disk.img"),
             &s.top.join("fuse"),
-            Options::default(),
+            FaultOptions::default(),
         )
         .map_err(|e| GamedayError::Scratch {
             what: "serving the fault file".into(),

@@ -67,6 +67,36 @@ pub enum FormatError {
         #[source]
         source: nix::Error,
     },
+    /// A `field:` line that does not parse (1-based line number).
+    #[error("line {line}: {source}")]
+    Field {
+        line: usize,
+        #[source]
+        source: FieldError,
+    },
+}
+
+/// Why one `field:` line does not parse.
+#[derive(Debug, Error)]
+pub enum FieldError {
+    #[error("field {field}: attribute {part:?} has no `:`")]
+    NoColon { field: String, part: String },
+    #[error("field {field}: signed:{value} is not 0 or 1")]
+    Signed { field: String, value: String },
+    #[error("field {field}: no {what}")]
+    MissingAttribute { field: String, what: &'static str },
+    #[error("field {field}: {what} {value:?} is not a number below 65536")]
+    NotU16 {
+        field: String,
+        what: &'static str,
+        value: String,
+    },
+    #[error("declaration {0:?} has an unmatched `]`")]
+    UnmatchedBracket(String),
+    #[error("declaration {0:?} does not end in a field name")]
+    NoName(String),
+    #[error("declaration {0:?} has no type")]
+    NoType(String),
 }
 
 /// One `field:` line of a format file.
@@ -167,7 +197,10 @@ pub fn parse(text: &str) -> Result<EventFormat, FormatError> {
             if !in_format {
                 return Err(syntax("field line before `format:`".into()));
             }
-            fields.push(parse_field(rest).map_err(syntax)?);
+            fields.push(parse_field(rest).map_err(|source| FormatError::Field {
+                line: line_no,
+                source,
+            })?);
         } else {
             return Err(syntax(format!("unexpected line {:?}", truncate(line))));
         }
@@ -182,7 +215,7 @@ pub fn parse(text: &str) -> Result<EventFormat, FormatError> {
 }
 
 /// Parses what follows `field:`: `DECL;\toffset:N;\tsize:N;\tsigned:N;`.
-fn parse_field(rest: &str) -> Result<Field, String> {
+fn parse_field(rest: &str) -> Result<Field, FieldError> {
     let mut parts = rest.split(';');
     // `split` always yields at least one item.
     let decl = parts.next().unwrap_or_default().trim();
@@ -197,7 +230,10 @@ fn parse_field(rest: &str) -> Result<Field, String> {
             continue;
         }
         let Some((key, value)) = part.split_once(':') else {
-            return Err(format!("field {name}: attribute {part:?} has no `:`"));
+            return Err(FieldError::NoColon {
+                field: name,
+                part: part.to_owned(),
+            });
         };
         let value = value.trim();
         match key.trim() {
@@ -207,35 +243,49 @@ fn parse_field(rest: &str) -> Result<Field, String> {
                 signed = Some(match value {
                     "0" => false,
                     "1" => true,
-                    _ => return Err(format!("field {name}: signed:{value} is not 0 or 1")),
+                    _ => {
+                        return Err(FieldError::Signed {
+                            field: name,
+                            value: value.to_owned(),
+                        });
+                    }
                 });
             }
             _ => {}
         }
     }
     Ok(Field {
-        offset: offset.ok_or_else(|| format!("field {name}: no offset"))?,
-        size: size.ok_or_else(|| format!("field {name}: no size"))?,
+        offset: offset.ok_or_else(|| missing(&name, "offset"))?,
+        size: size.ok_or_else(|| missing(&name, "size"))?,
         signed: signed.unwrap_or(false),
         name,
         type_decl,
     })
 }
 
-fn parse_u16(field: &str, what: &str, value: &str) -> Result<u16, String> {
-    value
-        .parse()
-        .map_err(|_| format!("field {field}: {what} {value:?} is not a number below 65536"))
+fn missing(field: &str, what: &'static str) -> FieldError {
+    FieldError::MissingAttribute {
+        field: field.to_owned(),
+        what,
+    }
+}
+
+fn parse_u16(field: &str, what: &'static str, value: &str) -> Result<u16, FieldError> {
+    value.parse().map_err(|_| FieldError::NotU16 {
+        field: field.to_owned(),
+        what,
+        value: value.to_owned(),
+    })
 }
 
 /// Splits a C declaration into (name, type): the name is the last identifier once any array
 /// suffix is stripped; the type is the rest with the array suffix kept.
-fn split_declaration(decl: &str) -> Result<(String, String), String> {
+fn split_declaration(decl: &str) -> Result<(String, String), FieldError> {
     // Strip `[N]` suffixes (possibly several, possibly empty) from the end.
     let mut base = decl.trim_end();
     while let Some(stripped) = base.strip_suffix(']') {
         let Some(open) = stripped.rfind('[') else {
-            return Err(format!("declaration {decl:?} has an unmatched `]`"));
+            return Err(FieldError::UnmatchedBracket(decl.to_owned()));
         };
         base = stripped[..open].trim_end();
     }
@@ -249,11 +299,11 @@ fn split_declaration(decl: &str) -> Result<(String, String), String> {
         .map_or(0, |(i, c)| i + c.len_utf8());
     let name = &base[start..];
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(format!("declaration {decl:?} does not end in a field name"));
+        return Err(FieldError::NoName(decl.to_owned()));
     }
     let ty = base[..start].trim();
     if ty.is_empty() {
-        return Err(format!("declaration {decl:?} has no type"));
+        return Err(FieldError::NoType(decl.to_owned()));
     }
     Ok((name.to_owned(), format!("{ty}{}", suffix.trim())))
 }

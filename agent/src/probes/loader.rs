@@ -63,7 +63,7 @@ pub struct ScanMaps {
 
 /// The loaded object; kept alive for as long as programs should stay attached. Dropping it
 /// detaches everything (nothing is pinned, so a dead agent leaves nothing behind).
-pub struct Loaded {
+pub struct AttachedProbes {
     ebpf: Ebpf,
     offsets_map: Array<MapData, Offsets>,
     offsets: Offsets,
@@ -106,7 +106,7 @@ fn missing_detail(system: &str) -> String {
     }
 }
 
-impl Loaded {
+impl AttachedProbes {
     /// Loads the object and attaches what the running kernel supports.
     pub fn load(tracefs: &Path) -> Result<(Self, Maps), ProbeError> {
         if OBJECT.is_empty() {

@@ -5,7 +5,7 @@ pub mod format;
 pub mod loader;
 pub mod spec;
 
-pub use loader::{Loaded, Maps, ProbeState, ProbeStatus, ScanMaps};
+pub use loader::{AttachedProbes, Maps, ProbeState, ProbeStatus, ScanMaps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub remediation_state_write_failures: Family<OutcomeLabels, Counter>,
     pub events_lost: Counter,
     pub events_decode_errors: Counter,
+    pub mountinfo_read_failures: Counter,
     pub map_full: Family<MapLabels, Counter>,
     pub table_full: Family<TableLabels, Counter>,
     pub probe_attached: Family<ProbeLabels, Gauge>,
@@ -119,6 +120,7 @@ impl Metrics {
             remediation_state_write_failures: Family::default(),
             events_lost: Counter::default(),
             events_decode_errors: Counter::default(),
+            mountinfo_read_failures: Counter::default(),
             map_full: Family::default(),
             table_full: Family::default(),
             probe_attached: Family::default(),
@@ -200,6 +202,11 @@ impl Metrics {
             "events_decode_errors",
             "Kernel event records that could not be decoded",
             m.events_decode_errors.clone(),
+        );
+        r.register(
+            "mountinfo_read_failures",
+            "Reads of /proc/self/mountinfo that failed (the last mount table is kept)",
+            m.mountinfo_read_failures.clone(),
         );
         r.register(
             "map_full",

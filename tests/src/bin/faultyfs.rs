@@ -35,7 +35,9 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bindsto::gameday::faultfile::{FILE_NAME, FaultFile, Mode, Options, Shared, timestamp};
+use bindsto::gameday::faultfile::{
+    FILE_NAME, FaultFile, FaultOptions as Options, FaultShared as Shared, Mode, timestamp,
+};
 
 struct Args {
     backing_dir: PathBuf,
