@@ -16,7 +16,7 @@ use super::identity::Identity;
 use super::incident::{FailedTarget, Incident, Phase, Step, StepOutcome};
 use super::report::RemediationReport;
 use super::steps::{self, StepResult};
-use super::store::{self, HistoryLoad, Store, StoreError};
+use super::store::{self, Store, StoreError};
 use crate::{
     config::{Config, Remediate},
     health::State,
@@ -49,28 +49,7 @@ impl Ladder {
         // Before opening: if the directory hangs, the warning still says why.
         let on_watched = store::state_dir_on_watched_storage(&cfg);
         let (store, loaded) = Store::open(&r.state_dir)?;
-        match &loaded {
-            HistoryLoad::Fresh => info!(path = %store.path().display(), "no incident history yet"),
-            HistoryLoad::Read(n) => {
-                info!(path = %store.path().display(), incidents = n, "incident history loaded");
-            }
-            HistoryLoad::MovedAside(aside, why) => {
-                shared.metrics.state_files_moved_aside.inc();
-                error!(
-                path = %store.path().display(),
-                moved_to = %aside.display(),
-                error = %why,
-                "incident history is corrupt; moved aside, starting with an empty history"
-                );
-            }
-        }
-        let store_problem = match loaded {
-            HistoryLoad::MovedAside(aside, why) => Some(format!(
-                "corrupt incident history moved to {}: {why}",
-                aside.display()
-            )),
-            _ => None,
-        };
+        let store_problem = loaded.log(store.path(), &shared.metrics);
         let restored = store
             .incidents
             .iter()
@@ -390,6 +369,7 @@ impl Ladder {
         self.publish();
     }
 
+    /// Publishes the report: settings, identities, problems and the newest incidents.
     pub(super) fn publish(&self) {
         let mut problems = self.identity.problems.clone();
         problems.extend(self.placement_problem.clone());

@@ -6,7 +6,7 @@
 //! a timeout anyway, so a sick root disk cannot stall the ladder. A write that hangs keeps its
 //! thread; until it returns no other write is started (each would hang and hold one more thread,
 //! and cost the ladder another timeout): saves fail at once instead. Depends on `config`,
-//! `topology` (where the state directory lives) and `incident`.
+//! `topology` (where the state directory lives), `publish::metrics` and `incident`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,10 +17,11 @@ use std::sync::{
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{error, info, warn};
 
 use super::incident::Incident;
 use crate::config::Config;
+use crate::publish::metrics::Metrics;
 
 /// Incidents kept in the file (the newest); a new one beyond it pushes the oldest out, counted
 /// in `bindsto_table_full_total{table="incidents"}`.
@@ -83,6 +84,36 @@ pub enum HistoryLoad {
     Read(usize),
     /// Unreadable or corrupt; moved aside to the given path.
     MovedAside(PathBuf, String),
+}
+
+impl HistoryLoad {
+    /// Logs what loading the history at `path` found (and counts a file moved aside); returns
+    /// the problem /status shows, if any.
+    pub fn log(self, path: &Path, metrics: &Metrics) -> Option<String> {
+        match self {
+            HistoryLoad::Fresh => {
+                info!(path = %path.display(), "no incident history yet");
+                None
+            }
+            HistoryLoad::Read(n) => {
+                info!(path = %path.display(), incidents = n, "incident history loaded");
+                None
+            }
+            HistoryLoad::MovedAside(aside, why) => {
+                metrics.state_files_moved_aside.inc();
+                error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %why,
+                    "incident history is corrupt; moved aside, starting with an empty history"
+                );
+                Some(format!(
+                    "corrupt incident history moved to {}: {why}",
+                    aside.display()
+                ))
+            }
+        }
+    }
 }
 
 impl Store {
