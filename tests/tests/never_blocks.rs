@@ -663,8 +663,8 @@ fn control(sock: &Path, cmd: &str) -> anyhow::Result<String> {
 const STATE_REQUESTS: usize = 300;
 /// Each phase of the state-dir test lasts at least this long (28 scans).
 const STATE_PHASE_MIN: Duration = Duration::from_secs(7);
-/// The agent's bound on opening the state dir and on one history write (remedy/mod.rs
-/// `STATE_OPEN_TIMEOUT`, remedy/incident.rs `WRITE_TIMEOUT`).
+/// The agent's bound on opening the state dir and on one history write (remedy/task.rs
+/// `STATE_OPEN_TIMEOUT`, remedy/store.rs `WRITE_TIMEOUT`).
 const STATE_TIMEOUT: Duration = Duration::from_secs(5);
 const HOLD_DOWN: Duration = Duration::from_secs(1);
 

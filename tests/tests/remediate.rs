@@ -3,8 +3,8 @@
 //! checked on the wire), the project's own IMDSv2 + ECS introspection fixture, and `exec`.
 //!
 //! `stop-units` is not in these ladders: there is no systemd (PID 1) on the test host; the
-//! D-Bus client is unit-tested in agent/src/remedy/systemd.rs and proven against real systemd in
-//! the VM tests' systemd guest.
+//! D-Bus client is unit-tested in agent/src/remedy/steps/systemd.rs and proven against real
+//! systemd in the VM tests' systemd guest.
 //!
 //! Needs root and moto (`python3 -m pip install 'moto[server]'`, done by `.ci/run`).
 

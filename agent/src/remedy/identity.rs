@@ -1,15 +1,102 @@
 //! Who this host is, as the ladder's AWS calls need it: the EC2 instance id and region from
 //! IMDSv2, and the ECS cluster and container instance ARN from the ECS agent's introspection
 //! API. Both are read at start and cached, because by the time the ladder runs the ECS agent
-//! may be gone (it is one of the things the ladder stops).
+//! may be gone (it is one of the things the ladder stops). [`Identity`] holds what is known and
+//! refreshes it. Depends on `config`, `api::client` and the `store` (the ECS cache file).
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
+use super::store;
 use crate::api::client::{self as httpc, HttpError};
+use crate::config::{Action, Remediate};
 
 const IMDS_TOKEN_TTL: &str = "300";
+/// Identity endpoints are asked with this timeout, at start and while unknown every
+/// `IDENTITY_RETRY`; known identities are refreshed every `IDENTITY_REFRESH`.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(2);
+pub const IDENTITY_RETRY: Duration = Duration::from_secs(30);
+pub const IDENTITY_REFRESH: Duration = Duration::from_secs(300);
+
+/// The identities the enabled actions need, as last read, and why a lookup failed.
+#[derive(Debug, Default)]
+pub struct Identity {
+    pub instance: Option<Instance>,
+    pub ecs: Option<EcsInstance>,
+    /// One line per failed lookup, shown in /status.
+    pub problems: Vec<String>,
+}
+
+impl Identity {
+    /// What the state directory remembers (the ECS identity), before anything is asked.
+    pub fn cached(state_dir: &Path) -> Self {
+        Identity {
+            ecs: store::read_cache(state_dir, store::ECS_CACHE),
+            ..Identity::default()
+        }
+    }
+
+    /// Every identity the enabled actions need is known.
+    pub fn known(&self, rem: &Remediate) -> bool {
+        (!rem.actions.contains(&Action::EcsDrain) || self.ecs.is_some())
+            && (!rem.actions.contains(&Action::AsgUnhealthy) || self.instance.is_some())
+    }
+
+    /// Reads the identities the enabled actions need; keeps the last known ones on failure
+    /// (the ECS agent is gone once stop-units has run).
+    pub async fn refresh(&mut self, rem: &Remediate) {
+        let wants = |a| rem.actions.contains(&a);
+        let mut problems = Vec::new();
+        if wants(Action::EcsDrain) {
+            match ecs_instance(&rem.ecs_drain.introspection_url, IDENTITY_TIMEOUT).await {
+                Ok(ecs) => {
+                    if self.ecs.as_ref() != Some(&ecs) {
+                        info!(cluster = %ecs.cluster, container_instance = %ecs.container_instance_arn, "ECS container instance identified");
+                        let dir = rem.state_dir.clone();
+                        let value = ecs.clone();
+                        let write = tokio::task::spawn_blocking(move || {
+                            store::write_cache(&dir, store::ECS_CACHE, &value)
+                        });
+                        if let Ok(Ok(Err(e))) = tokio::time::timeout(IDENTITY_TIMEOUT, write).await
+                        {
+                            warn!(error = %e, "cannot cache the ECS identity");
+                        }
+                        self.ecs = Some(ecs);
+                    }
+                }
+                Err(e) => {
+                    let cached = if self.ecs.is_some() {
+                        " (using the cached identity)"
+                    } else {
+                        ""
+                    };
+                    problems.push(format!("ECS introspection: {e}{cached}"));
+                }
+            }
+        }
+        if wants(Action::AsgUnhealthy) || wants(Action::EcsDrain) {
+            match instance(&rem.asg_unhealthy.imds_url, IDENTITY_TIMEOUT).await {
+                Ok(i) => {
+                    if self.instance.as_ref() != Some(&i) {
+                        info!(instance_id = %i.instance_id, region = %i.region, "EC2 instance identified");
+                        self.instance = Some(i);
+                    }
+                }
+                Err(e) if wants(Action::AsgUnhealthy) => problems.push(format!("IMDS: {e}")),
+                Err(_) => {}
+            }
+        }
+        if problems != self.problems {
+            for p in &problems {
+                warn!(problem = %p, "remediation identity lookup failed; retrying every {IDENTITY_RETRY:?}");
+            }
+            self.problems = problems;
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {

@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zbus::zvariant::OwnedObjectPath;
 
+use super::StepResult;
+use crate::config::StopUnits;
+
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -154,6 +157,43 @@ impl Systemd {
     }
 }
 
+/// The `stop-units` step: every configured unit stopped (and masked, if configured) in turn.
+pub async fn stop_units(s: &StopUnits, dry: bool) -> StepResult {
+    if dry {
+        let mask = if s.mask_units {
+            " and mask (runtime)"
+        } else {
+            ""
+        };
+        return StepResult::dry_run(format!("would stop{mask} {}", s.units.join(", ")));
+    }
+    let budget = s.timeout + Duration::from_secs(15);
+    let work = async {
+        let systemd = Systemd::system().await?;
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for unit in &s.units {
+            match systemd.stop(unit, s.mask_units, s.timeout).await {
+                Ok(r) => done.push(r.to_string()),
+                Err(e) => failed.push(format!("{unit}: {e}")),
+            }
+        }
+        Ok::<_, SystemdError>((done, failed))
+    };
+    match tokio::time::timeout(budget * s.units.len().max(1) as u32, work).await {
+        Ok(Ok((done, failed))) if failed.is_empty() => StepResult::done(done.join("; ")),
+        Ok(Ok((done, failed))) => StepResult::failed(
+            failed
+                .into_iter()
+                .chain(done)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Ok(Err(e)) => StepResult::failed(e.to_string()),
+        Err(_) => StepResult::failed(format!("timed out after {budget:?} per unit")),
+    }
+}
+
 fn is_down(state: &str) -> bool {
     state == "inactive" || state == "failed"
 }
@@ -197,9 +237,9 @@ mod tests {
         calls: Vec<String>,
     }
 
-    type Shared = Arc<Mutex<Model>>;
+    type SharedModel = Arc<Mutex<Model>>;
 
-    struct FakeManager(Shared);
+    struct FakeManager(SharedModel);
 
     fn unit_path(name: &str) -> OwnedObjectPath {
         let escaped: String = name
@@ -270,7 +310,7 @@ mod tests {
 
     struct FakeUnit {
         name: String,
-        model: Shared,
+        model: SharedModel,
     }
 
     #[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
@@ -295,7 +335,7 @@ mod tests {
         }
     }
 
-    async fn connect(model: Shared, units: &[&str]) -> (zbus::Connection, zbus::Connection) {
+    async fn connect(model: SharedModel, units: &[&str]) -> (zbus::Connection, zbus::Connection) {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let guid = zbus::Guid::generate();
         let mut server = zbus::connection::Builder::unix_stream(a)
@@ -320,7 +360,7 @@ mod tests {
         (server.unwrap(), client.unwrap())
     }
 
-    fn model(running: &[&str], stubborn: &[&str]) -> Shared {
+    fn model(running: &[&str], stubborn: &[&str]) -> SharedModel {
         let mut m = Model::default();
         for u in running {
             m.states.insert((*u).into(), "active".into());

@@ -10,6 +10,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use super::StepResult;
+use crate::config::Exec;
+use crate::remedy::incident::Incident;
+
 /// Output kept for the step's record.
 const OUTPUT_MAX: usize = 2048;
 
@@ -131,6 +135,21 @@ pub async fn run(argv: &[String], input: &[u8], timeout: Duration) -> Result<Str
                 timeout,
             })
         }
+    }
+}
+
+/// The `exec` step: the configured command with the incident as JSON on stdin.
+pub async fn run_step(x: &Exec, dry: bool, inc: &Incident) -> StepResult {
+    if dry {
+        return StepResult::dry_run(format!(
+            "would run {:?} with the incident on stdin",
+            x.command
+        ));
+    }
+    let input = serde_json::to_vec(inc).unwrap_or_default();
+    match run(&x.command, &input, x.timeout).await {
+        Ok(out) => StepResult::done(format!("{:?} succeeded: {out}", x.command)),
+        Err(e) => StepResult::failed(e.to_string()),
     }
 }
 

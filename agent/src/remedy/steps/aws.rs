@@ -10,7 +10,7 @@ use aws_sdk_ecs::{error::DisplayErrorContext, types::ContainerInstanceStatus};
 
 use crate::config::Remediate;
 
-use super::identity::{EcsInstance, Instance};
+use crate::remedy::identity::{EcsInstance, Instance};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {

@@ -1,0 +1,632 @@
+//! The ladder: the incident state machine and its safety rails.
+//!
+//! On every look at the engine's status it opens, advances or closes the one open incident.
+//! Once a critical target has failed for `hold_down` it runs the configured steps, in order,
+//! exactly once for that incident, within `max_per_hour`; a step held back by the fleet breaker
+//! is retried at its time. Every change is persisted before it takes effect, so a restarted
+//! agent resumes an interrupted ladder instead of repeating or forgetting it. After each change
+//! it publishes the report. Depends on `config`, `health` (target states), `publish` (status in,
+//! report and metrics out) and the remedy's `store`, `identity`, `report` and `steps`.
+
+use std::{collections::HashSet, sync::Arc, time::SystemTime};
+
+use tracing::{error, info, warn};
+
+use super::identity::Identity;
+use super::incident::{FailedTarget, Incident, Phase, Step, StepOutcome};
+use super::report::RemediationReport;
+use super::steps::{self, StepResult};
+use super::store::{self, Store, StoreError};
+use crate::{
+    config::{Config, Remediate},
+    health::State,
+    publish::metrics,
+    publish::shared::Shared,
+    publish::status::Status,
+};
+
+/// The incident history, what the steps need to know, and where the report goes.
+pub struct Ladder {
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    store: Store,
+    identity: Identity,
+    /// Incidents read from disk at start: their "recovered" needs hold_down of health observed
+    /// by this process, since a fresh engine has not seen everything yet.
+    restored: HashSet<String>,
+    healthy_since: Option<SystemTime>,
+    store_problem: Option<String>,
+    /// The state dir shares a mount with a critical watch (stays as long as the config does).
+    placement_problem: Option<String>,
+    hostname: String,
+}
+
+impl Ladder {
+    /// Opens the state directory. Failing to create it is an error: without it the agent could
+    /// repeat a ladder after a restart.
+    pub fn open(cfg: Arc<Config>, shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let r = &cfg.remediate;
+        // Before opening: if the directory hangs, the warning still says why.
+        let on_watched = store::state_dir_on_watched_storage(&cfg);
+        let (store, loaded) = Store::open(&r.state_dir)?;
+        let store_problem = loaded.log(store.path(), &shared.metrics);
+        let restored = store
+            .incidents
+            .iter()
+            .filter(|i| i.phase.open())
+            .map(|i| i.id.clone())
+            .collect();
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let identity = Identity::cached(&r.state_dir);
+        Ok(Ladder {
+            cfg,
+            shared,
+            store,
+            identity,
+            restored,
+            healthy_since: None,
+            store_problem,
+            placement_problem: on_watched,
+            hostname,
+        })
+    }
+
+    pub(super) fn rem(&self) -> &Remediate {
+        &self.cfg.remediate
+    }
+
+    /// Every identity the enabled actions need is known.
+    pub(super) fn identity_known(&self) -> bool {
+        self.identity.known(self.rem())
+    }
+
+    /// The engine's status as last published.
+    pub(super) fn status(&self) -> Arc<Status> {
+        self.shared.status()
+    }
+
+    pub(super) async fn refresh_identity(&mut self) {
+        self.identity.refresh(&self.cfg.remediate).await;
+    }
+
+    /// A reloaded config applies to the next step; the history stays where it was opened.
+    pub(super) fn reconfigure(&mut self, new: Arc<Config>) {
+        if new.remediate.state_dir != self.rem().state_dir {
+            warn!(
+                running = %self.rem().state_dir.display(),
+                new = %new.remediate.state_dir.display(),
+                "remediate.state_dir changed; restart bindsto to apply it (keeping the incident history where it is)"
+            );
+        }
+        self.cfg = new;
+        self.publish();
+    }
+
+    /// One look at the status: open, advance or close the incident.
+    pub async fn evaluate(&mut self, status: &Status, now: SystemTime) {
+        let failed: Vec<FailedTarget> = status
+            .targets
+            .iter()
+            .filter(|t| t.critical && t.state == State::Failed)
+            .map(|t| FailedTarget {
+                kind: t.kind.to_owned(),
+                id: t.id.clone(),
+                reasons: t
+                    .reasons
+                    .iter()
+                    .map(|r| format!("{}: {}", r.signal.name(), r.detail))
+                    .collect(),
+            })
+            .collect();
+        if failed.is_empty() {
+            self.healthy_since.get_or_insert(now);
+        } else {
+            self.healthy_since = None;
+        }
+        let Some(mut inc) = self.store.open_incident().cloned() else {
+            if !failed.is_empty() && !self.rem().actions.is_empty() {
+                self.open_incident(failed, now).await;
+            }
+            return;
+        };
+        if failed.is_empty() {
+            self.on_healthy(inc, now).await;
+            return;
+        }
+        let mut changed = false;
+        for t in failed {
+            if !inc.targets.iter().any(|x| x.kind == t.kind && x.id == t.id) {
+                info!(incident = %inc.id, target = %t.id, "another critical target failed during the incident");
+                inc.targets.push(t);
+                changed = true;
+            }
+        }
+        match inc.phase {
+            Phase::Pending | Phase::RateLimited => {
+                let held_for = now.duration_since(inc.opened_at).unwrap_or_default();
+                if held_for >= self.rem().hold_down {
+                    self.start_ladder(inc, now).await;
+                    return;
+                }
+            }
+            // The agent died during the ladder: finish it (steps done are not repeated).
+            Phase::Running => {
+                warn!(incident = %inc.id, "resuming a ladder interrupted by a restart");
+                self.ladder(inc, false).await;
+                return;
+            }
+            Phase::Held => {
+                let due = inc.steps.iter().any(|s| {
+                    s.outcome == StepOutcome::HeldByBreaker && s.retry_at.is_none_or(|t| t <= now)
+                });
+                if due {
+                    self.ladder(inc, true).await;
+                    return;
+                }
+            }
+            Phase::Done | Phase::Cancelled | Phase::Resolved => {}
+        }
+        if changed {
+            self.put(inc).await;
+        }
+    }
+
+    async fn open_incident(&mut self, failed: Vec<FailedTarget>, now: SystemTime) {
+        if self.store.incidents.len() >= store::HISTORY_MAX {
+            crate::publish::limits::count_full(
+                &self.shared.metrics,
+                crate::publish::limits::Table::Incidents,
+                1,
+            );
+        }
+        let ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let inc = Incident {
+            id: format!("{ms}-{}", self.hostname),
+            phase: Phase::Pending,
+            dry_run: self.cfg.dry_run,
+            opened_at: now,
+            ladder_started_at: None,
+            closed_at: None,
+            hostname: self.hostname.clone(),
+            targets: failed,
+            steps: Vec::new(),
+        };
+        warn!(
+            incident = %inc.id,
+            targets = ?inc.targets.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            hold_down = ?self.rem().hold_down,
+            dry_run = inc.dry_run,
+            "incident opened: critical storage failed; the ladder runs if it lasts hold_down"
+        );
+        self.store.incidents.push(inc.clone());
+        self.put(inc).await;
+    }
+
+    async fn on_healthy(&mut self, mut inc: Incident, now: SystemTime) {
+        let healthy_for = self
+            .healthy_since
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        // A restarted engine has not seen everything yet: wait hold_down before believing it.
+        let settled = !self.restored.contains(&inc.id) || healthy_for >= self.rem().hold_down;
+        let next = match inc.phase {
+            Phase::Pending | Phase::RateLimited if settled => Phase::Cancelled,
+            Phase::Held | Phase::Done | Phase::Running if healthy_for >= self.rem().hold_down => {
+                Phase::Resolved
+            }
+            _ => return,
+        };
+        inc.phase = next;
+        inc.closed_at = Some(now);
+        match next {
+            Phase::Cancelled => {
+                info!(incident = %inc.id, "storage recovered before the ladder ran; incident cancelled");
+            }
+            _ => {
+                info!(incident = %inc.id, "storage healthy again after the ladder; incident resolved");
+            }
+        }
+        self.put(inc).await;
+    }
+
+    async fn start_ladder(&mut self, mut inc: Incident, now: SystemTime) {
+        let max = self.rem().max_per_hour as usize;
+        if self.store.runs_within_hour(now) >= max {
+            if inc.phase != Phase::RateLimited {
+                let next = self.store.next_run_allowed(now, max);
+                warn!(
+                    incident = %inc.id,
+                    max_per_hour = max,
+                    next_allowed = ?next.map(crate::publish::status::format_time),
+                    "ladder held back: max_per_hour reached"
+                );
+                self.count("ladder", "rate_limited");
+                inc.phase = Phase::RateLimited;
+                self.put(inc).await;
+            }
+            return;
+        }
+        inc.phase = Phase::Running;
+        inc.ladder_started_at.get_or_insert(now);
+        info!(incident = %inc.id, dry_run = inc.dry_run, actions = ?self.rem().actions.iter().map(|a| a.name()).collect::<Vec<_>>(), "running the remediation ladder");
+        self.put(inc.clone()).await;
+        self.ladder(inc, false).await;
+    }
+
+    /// Runs every step not settled yet, in ladder order. `retry_held` runs only steps held by
+    /// the breaker.
+    async fn ladder(&mut self, mut inc: Incident, retry_held: bool) {
+        let actions = self.rem().actions.clone();
+        for action in actions {
+            let prior = inc.step(action).map(|s| s.outcome);
+            let run = match prior {
+                None | Some(StepOutcome::Started) => !retry_held,
+                Some(StepOutcome::HeldByBreaker) => true,
+                Some(_) => false,
+            };
+            if !run {
+                continue;
+            }
+            let started_at = SystemTime::now();
+            let attempts = inc.step(action).map(|s| s.attempts).unwrap_or(0) + 1;
+            let step = Step {
+                action,
+                outcome: StepOutcome::Started,
+                detail: String::new(),
+                attempts,
+                started_at,
+                finished_at: None,
+                retry_at: None,
+            };
+            match inc.step_mut(action) {
+                Some(s) => *s = step,
+                None => inc.steps.push(step),
+            }
+            // Recorded before acting, so a crash mid-step is visible and the step resumes.
+            inc.phase = Phase::Running;
+            self.put(inc.clone()).await;
+
+            let clock = std::time::Instant::now();
+            let resumed = prior == Some(StepOutcome::Started);
+            if resumed {
+                warn!(incident = %inc.id, action = action.name(), attempts, "a step was in flight when the agent stopped; checking whether it took effect before acting again");
+            }
+            let StepResult {
+                outcome,
+                detail,
+                retry_at,
+            } = steps::run(action, &self.cfg, &mut self.identity, &inc, resumed).await;
+            let took = clock.elapsed();
+            if let Some(s) = inc.step_mut(action) {
+                s.outcome = outcome;
+                s.detail = detail.clone();
+                s.finished_at = Some(SystemTime::now());
+                s.retry_at = retry_at;
+            }
+            self.count(action.name(), outcome.name());
+            let took_ms = took.as_millis() as u64;
+            match outcome {
+                StepOutcome::Failed => {
+                    error!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step failed; continuing with the next");
+                }
+                StepOutcome::HeldByBreaker => {
+                    warn!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, retry_at = ?retry_at.map(crate::publish::status::format_time), "remediation step held back by the fleet breaker");
+                }
+                _ => {
+                    info!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step");
+                }
+            }
+            self.put(inc.clone()).await;
+        }
+        let held = inc
+            .steps
+            .iter()
+            .any(|s| s.outcome == StepOutcome::HeldByBreaker);
+        inc.phase = if held { Phase::Held } else { Phase::Done };
+        if !held {
+            info!(incident = %inc.id, "remediation ladder finished");
+        }
+        self.put(inc).await;
+    }
+
+    fn count(&self, action: &str, outcome_label: &str) {
+        self.shared
+            .metrics
+            .remediations
+            .get_or_create(&metrics::ActionLabels {
+                action: action.to_owned(),
+                outcome: outcome_label.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Replaces the incident in the history, persists it and publishes the report.
+    async fn put(&mut self, inc: Incident) {
+        match self.store.incidents.iter_mut().find(|i| i.id == inc.id) {
+            Some(slot) => *slot = inc,
+            None => self.store.incidents.push(inc),
+        }
+        match self.store.save().await {
+            Ok(()) => self.store_problem = None,
+            Err(e) => {
+                // The ladder goes on from memory; /status and the metric say it is not kept.
+                error!(error = %e, "cannot persist the incident history; the ladder goes on without it");
+                self.shared
+                    .metrics
+                    .remediation_state_write_failures
+                    .get_or_create(&metrics::OutcomeLabels {
+                        outcome: e.outcome().to_owned(),
+                    })
+                    .inc();
+                self.store_problem = Some(format!("incident history not persisted: {e}"));
+            }
+        }
+        self.publish();
+    }
+
+    /// Publishes the report: settings, identities, problems and the newest incidents.
+    pub(super) fn publish(&self) {
+        let mut problems = self.identity.problems.clone();
+        problems.extend(self.placement_problem.clone());
+        problems.extend(self.store_problem.clone());
+        let report = RemediationReport::running(
+            &self.cfg,
+            self.store.path().display().to_string(),
+            &self.identity,
+            problems,
+            &self.store.incidents,
+        );
+        self.shared.set_remediation(&report);
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    //! The incident state machine and its rails, on synthetic statuses and a real state dir.
+    //! The only action is `exec` (a real process); the AWS and systemd actions are exercised by
+    //! tests/tests/remediate.rs (moto) and the systemd client's tests.
+
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        config::Action,
+        health::{Reason, Signal},
+        publish::metrics::Metrics,
+        publish::status::TargetStatus,
+    };
+
+    pub(in crate::remedy) fn config(
+        state: &Path,
+        out: &Path,
+        hold_down: &str,
+        max_per_hour: u32,
+    ) -> Arc<Config> {
+        let text = format!(
+            r#"dry_run = false
+[remediate]
+actions = ["exec"]
+hold_down = "{hold_down}"
+max_per_hour = {max_per_hour}
+state_dir = "{}"
+[remediate.exec]
+command = ["/bin/sh", "-c", "cat >> {}"]
+"#,
+            state.display(),
+            out.display()
+        );
+        Arc::new(Config::from_toml(&text, "test").expect("config"))
+    }
+
+    fn status(shared: &Shared, failed: bool) -> Status {
+        let mut s = (*shared.status()).clone();
+        s.targets = vec![TargetStatus {
+            kind: "mount",
+            id: "/var/lib/docker".into(),
+            device: Some("259:1".into()),
+            fstype: Some("xfs".into()),
+            critical: true,
+            state: if failed {
+                State::Failed
+            } else {
+                State::Healthy
+            },
+            since: SystemTime::now(),
+            reasons: if failed {
+                vec![Reason {
+                    signal: Signal::XfsShutdown,
+                    detail: "test".into(),
+                    at: SystemTime::now(),
+                }]
+            } else {
+                Vec::new()
+            },
+        }];
+        s
+    }
+
+    pub(in crate::remedy) struct Bed {
+        pub dir: tempfile::TempDir,
+        pub shared: Arc<Shared>,
+    }
+
+    impl Bed {
+        pub fn new() -> Bed {
+            Bed {
+                dir: tempfile::tempdir().unwrap(),
+                shared: Arc::new(Shared::new(Metrics::new(), SystemTime::now(), false)),
+            }
+        }
+        pub fn out(&self) -> std::path::PathBuf {
+            self.dir.path().join("exec.out")
+        }
+        fn remedy(&self, hold_down: &str, max: u32) -> Ladder {
+            let cfg = config(&self.dir.path().join("state"), &self.out(), hold_down, max);
+            Ladder::open(cfg, Arc::clone(&self.shared)).unwrap()
+        }
+        fn runs(&self) -> usize {
+            std::fs::read_to_string(self.out())
+                .unwrap_or_default()
+                .matches("\"hostname\"")
+                .count()
+        }
+        fn metric(&self, action: &str, outcome: &str) -> u64 {
+            self.shared
+                .metrics
+                .remediations
+                .get_or_create(&metrics::ActionLabels {
+                    action: action.into(),
+                    outcome: outcome.into(),
+                })
+                .get()
+        }
+    }
+
+    fn phase(r: &mut Ladder) -> Phase {
+        r.store
+            .incidents
+            .last()
+            .map(|i| i.phase)
+            .expect("an incident")
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn recovery_before_hold_down_cancels_the_incident() {
+        let bed = Bed::new();
+        let mut r = bed.remedy("10s", 2);
+        let t0 = SystemTime::now();
+        r.evaluate(&status(&bed.shared, true), t0).await;
+        assert_eq!(phase(&mut r), Phase::Pending);
+        r.evaluate(&status(&bed.shared, true), t0 + 5 * S).await;
+        assert_eq!(phase(&mut r), Phase::Pending);
+        r.evaluate(&status(&bed.shared, false), t0 + 6 * S).await;
+        assert_eq!(phase(&mut r), Phase::Cancelled);
+        assert_eq!(bed.runs(), 0);
+        // Still failed later: a new incident, not the cancelled one.
+        r.evaluate(&status(&bed.shared, true), t0 + 7 * S).await;
+        assert_eq!(r.store.incidents.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_ladder_runs_once_per_incident() {
+        let bed = Bed::new();
+        let mut r = bed.remedy("1s", 2);
+        let t0 = SystemTime::now();
+        r.evaluate(&status(&bed.shared, true), t0).await;
+        assert_eq!(bed.runs(), 0);
+        r.evaluate(&status(&bed.shared, true), t0 + 2 * S).await;
+        assert_eq!(phase(&mut r), Phase::Done);
+        assert_eq!(bed.runs(), 1);
+        for i in 3..10 {
+            r.evaluate(&status(&bed.shared, true), t0 + i * S).await;
+        }
+        assert_eq!(bed.runs(), 1);
+        assert_eq!(bed.metric("exec", "done"), 1);
+        let report = bed.shared.remediation().unwrap();
+        assert_eq!(report["incidents"].as_array().unwrap().len(), 1);
+        assert_eq!(report["incidents"][0]["steps"][0]["outcome"], "done");
+    }
+
+    #[tokio::test]
+    async fn max_per_hour_holds_the_next_incident() {
+        let bed = Bed::new();
+        let mut r = bed.remedy("1s", 1);
+        let t0 = SystemTime::now();
+        r.evaluate(&status(&bed.shared, true), t0).await;
+        r.evaluate(&status(&bed.shared, true), t0 + 2 * S).await;
+        assert_eq!(bed.runs(), 1);
+        // Healthy for hold_down: resolved.
+        r.evaluate(&status(&bed.shared, false), t0 + 3 * S).await;
+        r.evaluate(&status(&bed.shared, false), t0 + 5 * S).await;
+        assert_eq!(phase(&mut r), Phase::Resolved);
+        // A second incident within the hour waits.
+        r.evaluate(&status(&bed.shared, true), t0 + 6 * S).await;
+        r.evaluate(&status(&bed.shared, true), t0 + 8 * S).await;
+        assert_eq!(phase(&mut r), Phase::RateLimited);
+        assert_eq!(bed.runs(), 1);
+        assert_eq!(bed.metric("ladder", "rate_limited"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restart_neither_repeats_nor_forgets() {
+        let bed = Bed::new();
+        let t0 = SystemTime::now();
+        {
+            let mut r = bed.remedy("1s", 2);
+            r.evaluate(&status(&bed.shared, true), t0).await;
+            r.evaluate(&status(&bed.shared, true), t0 + 2 * S).await;
+            assert_eq!(bed.runs(), 1);
+        }
+        let mut r = bed.remedy("1s", 2);
+        assert_eq!(phase(&mut r), Phase::Done);
+        // A fresh engine may look healthy before it has seen the failure again: not resolved yet.
+        r.evaluate(&status(&bed.shared, false), t0 + 3 * S).await;
+        assert_eq!(phase(&mut r), Phase::Done);
+        r.evaluate(&status(&bed.shared, true), t0 + 4 * S).await;
+        r.evaluate(&status(&bed.shared, true), t0 + 9 * S).await;
+        assert_eq!(phase(&mut r), Phase::Done);
+        assert_eq!(bed.runs(), 1);
+        assert_eq!(r.store.incidents.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_step_interrupted_by_a_crash_resumes_once() {
+        let bed = Bed::new();
+        let t0 = SystemTime::now();
+        {
+            let mut r = bed.remedy("1s", 2);
+            r.evaluate(&status(&bed.shared, true), t0).await;
+            // What a crash in the middle of the exec step leaves behind.
+            let mut inc = r.store.open_incident().cloned().unwrap();
+            inc.phase = Phase::Running;
+            inc.ladder_started_at = Some(t0 + S);
+            inc.steps.push(Step {
+                action: Action::Exec,
+                outcome: StepOutcome::Started,
+                detail: String::new(),
+                attempts: 1,
+                started_at: t0 + S,
+                finished_at: None,
+                retry_at: None,
+            });
+            r.put(inc).await;
+        }
+        let mut r = bed.remedy("1s", 2);
+        r.evaluate(&status(&bed.shared, true), t0 + 3 * S).await;
+        assert_eq!(phase(&mut r), Phase::Done);
+        let step = r.store.incidents[0].step(Action::Exec).unwrap().clone();
+        assert_eq!(step.outcome, StepOutcome::Done);
+        assert_eq!(step.attempts, 2);
+        assert_eq!(bed.runs(), 1);
+        // The rerun can tell: its stdin shows the step started before, attempt 2.
+        let stdin = std::fs::read_to_string(bed.out()).unwrap();
+        assert!(
+            stdin.contains(r#""action":"exec","outcome":"started","detail":"","attempts":2"#),
+            "{stdin}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dry_run_records_and_acts_on_nothing() {
+        let bed = Bed::new();
+        let mut cfg = (*config(&bed.dir.path().join("state"), &bed.out(), "0s", 2)).clone();
+        cfg.dry_run = true;
+        let mut r = Ladder::open(Arc::new(cfg), Arc::clone(&bed.shared)).unwrap();
+        let t0 = SystemTime::now();
+        r.evaluate(&status(&bed.shared, true), t0).await;
+        r.evaluate(&status(&bed.shared, true), t0 + S).await;
+        assert_eq!(phase(&mut r), Phase::Done);
+        assert_eq!(r.store.incidents[0].steps[0].outcome, StepOutcome::DryRun);
+        assert!(r.store.incidents[0].dry_run);
+        assert_eq!(bed.runs(), 0);
+        assert_eq!(bed.metric("exec", "dry_run"), 1);
+    }
+}
