@@ -371,7 +371,7 @@ async fn drive(
                 engine.scan(scan_maps.as_mut());
                 service.progress().mark();
             }
-            Some(done) = probe_rx.recv() => engine.on_probe(done),
+            Some(done) = probe_rx.recv() => engine.on_check_done(done),
             Some(()) = topo_rx.recv() => {
                 while topo_rx.try_recv().is_ok() {}
                 engine.refresh_topology(&read_mountinfo(), &|p| checker.exists(p));

@@ -9,14 +9,16 @@ use prometheus_client::{
     registry::Registry,
 };
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+use super::limits::BoundedTable;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct TargetLabels {
     pub kind: String,
     pub target: String,
     pub critical: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub kind: String,
     pub target: String,
@@ -210,7 +212,7 @@ impl Metrics {
         for map in MAP_NAMES {
             let _ = m.map_full.get_or_create(&MapLabels { map: map.into() });
         }
-        for t in crate::publish::limits::Table::ALL {
+        for t in BoundedTable::ALL {
             let _ = m.table_full.get_or_create(&TableLabels {
                 table: t.name().into(),
             });
@@ -277,6 +279,18 @@ impl Metrics {
             registry: Arc::new(r),
             ..m
         }
+    }
+
+    /// Counts `n` entries that `table` could not hold.
+    pub fn count_full(&self, table: BoundedTable, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.table_full
+            .get_or_create(&TableLabels {
+                table: table.name().into(),
+            })
+            .inc_by(n as u64);
     }
 
     pub fn encode(&self) -> String {
