@@ -6,12 +6,15 @@
 //! mount goes away, because XFS never recovers from a shutdown without an unmount.
 //!
 //! The [`engine`] folds the evidence into targets: kernel events through [`rules`], mount
-//! checks through [`checks`], scanner verdicts and topology diffs directly. May depend on
+//! checks through [`checks`], scanner verdicts through [`verdicts`] and topology diffs
+//! through [`observe`]. May depend on
 //! `config`, `probes`, `topology` and `scan` (and, for now, hands its output to `publish`).
 
 mod checks;
 pub mod engine;
+mod observe;
 mod rules;
+mod verdicts;
 
 use std::{collections::BTreeMap, time::SystemTime};
 

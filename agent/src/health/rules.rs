@@ -6,6 +6,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tracing::{debug, warn};
 
 use super::{
@@ -19,7 +20,7 @@ use crate::{
     },
     publish::{
         limits::{self, BoundedTable},
-        metrics,
+        metrics::{self, DeviceLabels, Metrics},
     },
 };
 
@@ -78,13 +79,7 @@ impl Engine {
 
     /// A failed request degrades its disk and the mounts on it, and checks those mounts.
     fn on_block_error(&mut self, dev: DevId, error: i32, sector: u64, now: SystemTime) {
-        let name = self.device_name(dev);
-        if self.device_series(&name, dev) {
-            self.metrics
-                .block_io_errors
-                .get_or_create(&metrics::device_labels(&name))
-                .inc();
-        }
+        let name = self.count_on_device(dev, |m| &m.block_io_errors);
         let detail = format!("I/O error {} at sector {sector}", events::errno_name(error));
         if let Some(d) = self.devices.get_mut(&name) {
             d.io_errors += 1;
@@ -108,20 +103,27 @@ impl Engine {
     }
 
     pub(super) fn count_shutdown(&mut self, dev: DevId) {
+        self.count_on_device(dev, |m| &m.xfs_shutdowns);
+    }
+
+    /// Counts one in a per-device counter, if the disk may have its own series (observed
+    /// devices always, other disks up to `DEVICE_SERIES_MAX`); returns the disk's name.
+    fn count_on_device(
+        &mut self,
+        dev: DevId,
+        family: impl Fn(&Metrics) -> &Family<DeviceLabels, Counter>,
+    ) -> String {
         let name = self.device_name(dev);
-        if self.device_series(&name, dev) {
-            self.metrics
-                .xfs_shutdowns
+        let observed = self.devices.contains_key(&name);
+        if self
+            .series_devices
+            .admit(&self.metrics, &name, dev, observed)
+        {
+            family(&self.metrics)
                 .get_or_create(&metrics::device_labels(&name))
                 .inc();
         }
-    }
-
-    /// Whether `name` may have its own series in the per-device counters.
-    fn device_series(&mut self, name: &str, dev: DevId) -> bool {
-        let observed = self.devices.contains_key(name);
-        self.series_devices
-            .admit(&self.metrics, name, dev, observed)
+        name
     }
 
     /// Name of a disk for labels. Called per error event, so a disk outside the observed

@@ -165,7 +165,7 @@ pub fn mount_for_path<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a M
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const MOUNTINFO_FIXTURE: &str = "\
@@ -257,7 +257,7 @@ mod tests {
         assert!(parse_mountinfo("").unwrap().is_empty());
     }
 
-    fn entry(id: u32, mount_point: &str) -> MountEntry {
+    pub(in crate::topology) fn entry(id: u32, mount_point: &str) -> MountEntry {
         MountEntry {
             mount_id: id,
             parent_id: 1,

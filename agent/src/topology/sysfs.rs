@@ -247,20 +247,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-
-    fn entry(id: u32, mount_point: &str) -> MountEntry {
-        MountEntry {
-            mount_id: id,
-            parent_id: 1,
-            dev: DevId::new(0, id),
-            root: "/".into(),
-            mount_point: mount_point.into(),
-            options: "rw".into(),
-            fstype: "ext4".into(),
-            source: "/dev/x".into(),
-            super_options: "rw".into(),
-        }
-    }
+    use crate::topology::mountinfo::tests::entry;
 
     /// A fixture sysfs tree laid out like the real one, with relative symlinks.
     struct Tree {

@@ -1,16 +1,19 @@
 //! The engine against fixture mountinfo and sysfs trees and synthetic kernel events (no
 //! BPF): what each signal does to mounts and devices, and how state follows remounts.
 
-use std::{fs, os::unix::fs::symlink};
+use std::{fs, os::unix::fs::symlink, path::Path};
 
 use nix::errno::Errno;
 
 use super::*;
 use crate::{
     config::Watch,
-    health::State,
+    health::{Signal, State},
     probes::events::KernelEvent,
-    publish::status::{Status, TargetStatus},
+    publish::{
+        limits::{self, BoundedTable},
+        status::{Status, TargetStatus},
+    },
     scan::check::{CheckOutcome, Usage},
 };
 
