@@ -32,7 +32,7 @@ impl Engine {
 
     fn count_check(&self, outcome: &str) {
         self.metrics
-            .confirm_probes
+            .mount_checks
             .get_or_create(&metrics::OutcomeLabels {
                 outcome: outcome.into(),
             })

@@ -92,7 +92,7 @@ pub struct Metrics {
     pub map_full: Family<MapLabels, Counter>,
     pub table_full: Family<TableLabels, Counter>,
     pub probe_attached: Family<ProbeLabels, Gauge>,
-    pub confirm_probes: Family<OutcomeLabels, Counter>,
+    pub mount_checks: Family<OutcomeLabels, Counter>,
     pub scans: Counter,
     pub scan_duration: GaugeF,
     pub config_reloads: Family<OutcomeLabels, Counter>,
@@ -124,7 +124,7 @@ impl Metrics {
             map_full: Family::default(),
             table_full: Family::default(),
             probe_attached: Family::default(),
-            confirm_probes: Family::default(),
+            mount_checks: Family::default(),
             scans: Counter::default(),
             scan_duration: GaugeF::default(),
             config_reloads: Family::default(),
@@ -230,7 +230,7 @@ impl Metrics {
         r.register(
             "confirm_probes",
             "Off-thread statx/statfs probes of mounts, by outcome",
-            m.confirm_probes.clone(),
+            m.mount_checks.clone(),
         );
         r.register("scans", "Scanner passes completed", m.scans.clone());
         r.register(

@@ -212,7 +212,7 @@ async fn outstanding_checks_are_one_per_mount_and_capped_across_remounts() {
     let skipped = |f: &Fixture| {
         f.engine
             .metrics
-            .confirm_probes
+            .mount_checks
             .get_or_create(&metrics::OutcomeLabels {
                 outcome: "skipped".into(),
             })
