@@ -15,13 +15,14 @@ use std::{
 
 use bindsto::{
     config::Config,
-    health::engine::{Engine, ProbeDone},
+    health::engine::Engine,
     health::{Kind, Signal, State, Target},
+    probes::dev::DevId,
     probes::events::{CorruptWhat, KernelEvent},
     publish::metrics::Metrics,
     publish::shared::Shared,
-    scan::check::{Outcome, Usage},
-    topology::{DevId, Sysfs},
+    scan::check::{CheckDone, CheckOutcome, Usage},
+    topology::Sysfs,
 };
 use nix::errno::Errno;
 use proptest::prelude::*;
@@ -171,7 +172,7 @@ struct Harness {
     engine: Engine,
     shared: Arc<Shared>,
     ids: [u32; 2],
-    _probes: tokio::sync::mpsc::UnboundedReceiver<ProbeDone>,
+    _checks: tokio::sync::mpsc::UnboundedReceiver<CheckDone>,
 }
 
 impl Harness {
@@ -188,7 +189,7 @@ impl Harness {
             engine,
             shared,
             ids: [100, 200],
-            _probes: rx,
+            _checks: rx,
         };
         h.refresh();
         h
@@ -281,10 +282,10 @@ impl Harness {
                 } else {
                     self.id(which)
                 };
-                self.engine.on_probe(ProbeDone {
+                self.engine.on_check_done(CheckDone {
                     mount_point: Self::mount_point(which).into(),
                     mount_id,
-                    outcome: Outcome {
+                    outcome: CheckOutcome {
                         statx: errno.map_or(Ok(()), Err),
                         usage: Some(Usage {
                             space_used_percent: if full { 99.5 } else { 10.0 },

@@ -118,7 +118,7 @@ async fn drive(
         mut loaded,
         mut ring,
         mut scan_maps,
-        mut probe_rx,
+        mut check_rx,
         checker,
         mut mounts,
     } = startup::start(&cfg);
@@ -197,7 +197,7 @@ async fn drive(
                 engine.scan(scan_maps.as_mut());
                 service.progress().mark();
             }
-            Some(done) = probe_rx.recv() => engine.on_probe(done),
+            Some(done) = check_rx.recv() => engine.on_check_done(done),
             Some(()) = topo_rx.recv() => {
                 while topo_rx.try_recv().is_ok() {}
                 mounts.refresh(&mut engine, &|p| checker.exists(p));

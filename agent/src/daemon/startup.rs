@@ -11,9 +11,10 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     daemon::{in_process, mountinfo::MountTable},
-    health::engine::{Engine, ProbeDone},
+    health::engine::Engine,
     probes::{AttachedProbes, Maps, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
     publish::{metrics::Metrics, shared::Shared},
+    scan::check::CheckDone,
     scan::pathcheck::PathChecker,
     topology::Sysfs,
 };
@@ -118,7 +119,7 @@ pub(super) struct Started {
     pub loaded: Option<AttachedProbes>,
     pub ring: Option<AsyncFd<RingBuf<MapData>>>,
     pub scan_maps: Option<ScanMaps>,
-    pub probe_rx: mpsc::UnboundedReceiver<ProbeDone>,
+    pub check_rx: mpsc::UnboundedReceiver<CheckDone>,
     pub checker: PathChecker,
     pub mounts: MountTable,
 }
@@ -143,12 +144,12 @@ pub(super) fn start(cfg: &Arc<Config>) -> Started {
         None => (None, None),
     };
 
-    let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+    let (check_tx, check_rx) = mpsc::unbounded_channel();
     let mut engine = Engine::new(
         Arc::clone(cfg),
         Sysfs::new("/sys"),
         Arc::clone(&shared),
-        probe_tx,
+        check_tx,
     );
     engine.set_probes(&probe_status);
     let checker = PathChecker::default();
@@ -162,7 +163,7 @@ pub(super) fn start(cfg: &Arc<Config>) -> Started {
         loaded,
         ring,
         scan_maps,
-        probe_rx,
+        check_rx,
         checker,
         mounts,
     }

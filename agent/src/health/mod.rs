@@ -2,10 +2,19 @@
 //!
 //! A target's state is derived from its active reasons: each signal has a severity for each
 //! kind of target, and the worst active one wins. Signals are raised by evidence (events,
-//! scans, probes) and cleared by evidence of recovery; `xfs_shutdown` is latched until the
+//! scans, mount checks) and cleared by evidence of recovery; `xfs_shutdown` is latched until the
 //! mount goes away, because XFS never recovers from a shutdown without an unmount.
+//!
+//! The [`engine`] folds the evidence into targets: kernel events through [`rules`], mount
+//! checks through [`checks`], scanner verdicts through [`verdicts`] and topology diffs
+//! through [`observe`]. May depend on
+//! `config`, `probes`, `topology` and `scan` (and, for now, hands its output to `publish`).
 
+mod checks;
 pub mod engine;
+mod observe;
+mod rules;
+mod verdicts;
 
 use std::{collections::BTreeMap, time::SystemTime};
 

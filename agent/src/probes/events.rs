@@ -2,7 +2,7 @@
 
 use agent_ebpf::{Event, EventKind};
 
-use crate::topology::DevId;
+use crate::probes::dev::DevId;
 
 /// A decoded kernel event. Timestamps are CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -194,7 +194,7 @@ impl AttachedProbes {
         }
         // dm-mod may load after the agent: its major is looked up again on every pass.
         offsets.bio_major =
-            crate::scan::bio::device_mapper_major(Path::new("/proc/devices")).unwrap_or(0);
+            crate::probes::dev::device_mapper_major(Path::new("/proc/devices")).unwrap_or(0);
         self.offsets_map.set(0, offsets, 0)?;
         self.offsets = offsets;
 

@@ -9,14 +9,16 @@ use prometheus_client::{
     registry::Registry,
 };
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+use super::limits::BoundedTable;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct TargetLabels {
     pub kind: String,
     pub target: String,
     pub critical: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub kind: String,
     pub target: String,
@@ -91,7 +93,7 @@ pub struct Metrics {
     pub map_full: Family<MapLabels, Counter>,
     pub table_full: Family<TableLabels, Counter>,
     pub probe_attached: Family<ProbeLabels, Gauge>,
-    pub confirm_probes: Family<OutcomeLabels, Counter>,
+    pub mount_checks: Family<OutcomeLabels, Counter>,
     pub scans: Counter,
     pub scan_duration: GaugeF,
     pub config_reloads: Family<OutcomeLabels, Counter>,
@@ -124,7 +126,7 @@ impl Metrics {
             map_full: Family::default(),
             table_full: Family::default(),
             probe_attached: Family::default(),
-            confirm_probes: Family::default(),
+            mount_checks: Family::default(),
             scans: Counter::default(),
             scan_duration: GaugeF::default(),
             config_reloads: Family::default(),
@@ -217,7 +219,7 @@ impl Metrics {
         for map in MAP_NAMES {
             let _ = m.map_full.get_or_create(&MapLabels { map: map.into() });
         }
-        for t in crate::publish::limits::Table::ALL {
+        for t in BoundedTable::ALL {
             let _ = m.table_full.get_or_create(&TableLabels {
                 table: t.name().into(),
             });
@@ -235,7 +237,7 @@ impl Metrics {
         r.register(
             "confirm_probes",
             "Off-thread statx/statfs probes of mounts, by outcome",
-            m.confirm_probes.clone(),
+            m.mount_checks.clone(),
         );
         r.register("scans", "Scanner passes completed", m.scans.clone());
         r.register(
@@ -284,6 +286,18 @@ impl Metrics {
             registry: Arc::new(r),
             ..m
         }
+    }
+
+    /// Counts `n` entries that `table` could not hold.
+    pub fn count_full(&self, table: BoundedTable, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.table_full
+            .get_or_create(&TableLabels {
+                table: table.name().into(),
+            })
+            .inc_by(n as u64);
     }
 
     pub fn encode(&self) -> String {

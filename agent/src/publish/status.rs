@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+pub use crate::topology::reconcile::WatchStatus;
 use crate::{
     health::{Reason, State},
     probes::ProbeStatus,
@@ -85,16 +86,6 @@ pub struct DeviceStatus {
     pub oldest_inflight_seconds: f64,
     pub io_errors: u64,
     pub stalled: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct WatchStatus {
-    pub path: String,
-    pub critical: bool,
-    /// The mount point the watch resolved to, if any.
-    pub mount: Option<String>,
-    /// Why the watch does not apply (path missing, not a mount point).
-    pub problem: Option<String>,
 }
 
 impl Status {

@@ -1,30 +1,36 @@
 //! Per-target state series for alerting, derived from each published status:
-//! `bindsto_healthy` (what /healthz answers), `bindsto_target_failed` and
-//! `bindsto_target_reason{signal}`. `bindsto_target_healthy` alone cannot tell degraded from
-//! failed, nor a stall from a shutdown; alert rules need both. Series of targets or reasons
-//! that went away are removed, so a cleared stall is not left at 1.
+//! `bindsto_target_healthy`, `bindsto_healthy` (what /healthz answers),
+//! `bindsto_target_failed` and `bindsto_target_reason{signal}`. `bindsto_target_healthy` alone
+//! cannot tell degraded from failed, nor a stall from a shutdown; alert rules need both.
+//! Series of targets or reasons that went away (or whose labels changed, e.g. `critical`)
+//! are removed, so a cleared stall is not left at 1.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 
 use crate::{
     health::State,
-    publish::metrics::{Metrics, ReasonLabels, target_labels},
+    publish::metrics::{Metrics, ReasonLabels, TargetLabels, target_labels},
+    publish::series::LiveSeries,
     publish::status::TargetStatus,
 };
 
 #[derive(Default)]
 pub struct TargetSeries {
-    failed: HashSet<crate::publish::metrics::TargetLabels>,
-    reasons: HashSet<ReasonLabels>,
+    targets: LiveSeries<TargetLabels>,
+    reasons: LiveSeries<ReasonLabels>,
 }
 
 impl TargetSeries {
     pub fn update(&mut self, metrics: &Metrics, healthy: bool, targets: &[TargetStatus]) {
         metrics.healthy.set(i64::from(healthy));
-        let mut failed = HashSet::new();
-        let mut reasons = HashSet::new();
+        let mut live = BTreeMap::new();
+        let mut reasons = BTreeMap::new();
         for t in targets {
             let labels = target_labels(t.kind, &t.id, t.critical);
+            metrics
+                .target_healthy
+                .get_or_create(&labels)
+                .set(i64::from(t.state == State::Healthy));
             metrics
                 .target_failed
                 .get_or_create(&labels)
@@ -37,18 +43,17 @@ impl TargetSeries {
                     signal: r.signal.name().to_string(),
                 };
                 metrics.target_reason.get_or_create(&rl).set(1);
-                reasons.insert(rl);
+                reasons.insert(rl, ());
             }
-            failed.insert(labels);
+            live.insert(labels, ());
         }
-        for gone in self.failed.difference(&failed) {
+        self.targets.replace(live, |gone| {
+            metrics.target_healthy.remove(gone);
             metrics.target_failed.remove(gone);
-        }
-        for gone in self.reasons.difference(&reasons) {
+        });
+        self.reasons.replace(reasons, |gone| {
             metrics.target_reason.remove(gone);
-        }
-        self.failed = failed;
-        self.reasons = reasons;
+        });
     }
 }
 

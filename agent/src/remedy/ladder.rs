@@ -175,11 +175,9 @@ impl Ladder {
 
     async fn open_incident(&mut self, failed: Vec<FailedTarget>, now: SystemTime) {
         if self.store.incidents.len() >= store::HISTORY_MAX {
-            crate::publish::limits::count_full(
-                &self.shared.metrics,
-                crate::publish::limits::Table::Incidents,
-                1,
-            );
+            self.shared
+                .metrics
+                .count_full(crate::publish::limits::BoundedTable::Incidents, 1);
         }
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -1,5 +1,5 @@
-//! Userspace side of bio-level tracking (device-mapper devices): which major to track, and
-//! the stall verdict from the bio map.
+//! Bios of device-mapper devices in flight (`bio_inflight`, `bio_done`): the stall verdict
+//! per device, with leaked entries pruned.
 //!
 //! A suspended dm device queues bios before request accounting, so neither the request map
 //! nor `/sys/block/dm-*/inflight` shows them. Keys are (dev, sector) as for requests; an entry
@@ -7,32 +7,12 @@
 //! before the device's last completion and are older than the threshold are dropped: they
 //! cannot be a stall, because the device completed bios after they started.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use agent_ebpf::{BioDone, RqKey, RqVal};
 use aya::maps::{HashMap, MapData};
 
-use crate::topology::DevId;
-
-/// The block major of `device-mapper` in /proc/devices, if dm is loaded.
-pub fn device_mapper_major(proc_devices: &Path) -> Option<u32> {
-    parse_block_major(
-        &std::fs::read_to_string(proc_devices).ok()?,
-        "device-mapper",
-    )
-}
-
-fn parse_block_major(text: &str, name: &str) -> Option<u32> {
-    text.split("Block devices:")
-        .nth(1)?
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((w.next()?.parse::<u32>().ok()?, w.next()?))
-        })
-        .find(|(_, n)| *n == name)
-        .map(|(m, _)| m)
-}
+use crate::probes::dev::DevId;
 
 /// What the bio map says about one device after dropping leaked entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +62,14 @@ fn split_gone(entries: Entries, exists: &dyn Fn(DevId) -> bool) -> (Entries, Ent
         .partition(|(k, _)| exists(DevId::from_kernel(k.dev)))
 }
 
+/// The bio verdict of one scan.
+#[derive(Debug, Default)]
+pub struct BioVerdict {
+    pub devices: BTreeMap<DevId, BioInflight>,
+    /// Entries dropped from both maps (leaked, or of a device that went away).
+    pub pruned: usize,
+}
+
 /// Reads the maps, drops leaked entries and returns the per-device verdicts. Entries of devices
 /// that no longer exist (`exists` is false: a removed dm device) are dropped from both maps, or
 /// they would stay for good and fill them.
@@ -91,7 +79,7 @@ pub fn scan(
     now_ns: u64,
     leak_after: Duration,
     exists: &dyn Fn(DevId) -> bool,
-) -> BTreeMap<DevId, BioInflight> {
+) -> BioVerdict {
     // One sysfs lookup per device and scan, not per bio (thousands queue on a suspended dm).
     let known = std::cell::RefCell::new(BTreeMap::<DevId, bool>::new());
     let cached = |d: DevId| *known.borrow_mut().entry(d).or_insert_with(|| exists(d));
@@ -101,23 +89,26 @@ pub fn scan(
         .map(|(d, _)| *d)
         .filter(|d| !cached(DevId::from_kernel(*d)))
         .collect();
-    for d in &gone_done {
-        let _ = done.remove(d);
-    }
+    let mut pruned = gone_done.iter().filter(|d| done.remove(d).is_ok()).count();
     let entries: Vec<(RqKey, RqVal)> = inflight.iter().flatten().collect();
     if entries.is_empty() {
-        return BTreeMap::new();
+        return BioVerdict {
+            devices: BTreeMap::new(),
+            pruned,
+        };
     }
     let (entries, gone) = split_gone(entries, &cached);
     let done: BTreeMap<u32, BioDone> = done_all
         .into_iter()
         .filter(|(d, _)| !gone_done.contains(d))
         .collect();
-    let (out, leaked) = assess(&entries, &done, now_ns, leak_after);
-    for k in leaked.iter().chain(gone.iter().map(|(k, _)| k)) {
-        let _ = inflight.remove(k);
-    }
-    out
+    let (devices, leaked) = assess(&entries, &done, now_ns, leak_after);
+    pruned += leaked
+        .iter()
+        .chain(gone.iter().map(|(k, _)| k))
+        .filter(|k| inflight.remove(k).is_ok())
+        .count();
+    BioVerdict { devices, pruned }
 }
 
 #[cfg(test)]
@@ -153,16 +144,6 @@ mod tests {
         assert_eq!(kept[0].0.dev, here);
         assert_eq!(dropped.len(), 2);
         assert!(dropped.iter().all(|(k, _)| k.dev == gone));
-    }
-
-    #[test]
-    fn finds_the_device_mapper_major() {
-        let text = "Character devices:\n  1 mem\n 10 misc\n\nBlock devices:\n  7 loop\n 253 device-mapper\n254 virtblk\n";
-        assert_eq!(parse_block_major(text, "device-mapper"), Some(253));
-        assert_eq!(
-            parse_block_major("Block devices:\n  7 loop\n", "device-mapper"),
-            None
-        );
     }
 
     #[test]

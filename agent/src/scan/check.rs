@@ -1,13 +1,19 @@
-//! Off-thread confirmation probes of a mount: `statx` of its root and `statfs`.
+//! Off-thread mount checks: `statx` of a mount's root and `statfs`.
 //!
 //! After an XFS log I/O error the filesystem is shut down without `xfs_force_shutdown`
 //! firing on current kernels; `statx` of the root then fails with EIO at once, which is the
 //! confirmation. `statfs` feeds `fs_full`. Both can hang on a dead NFS server, so they run on
 //! blocking threads, at most one outstanding per mount, and the caller applies a timeout.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path, time::Duration};
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use nix::errno::Errno;
+use tokio::sync::mpsc;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Usage {
@@ -16,14 +22,14 @@ pub struct Usage {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
+pub struct CheckOutcome {
     pub statx: Result<(), Errno>,
     pub usage: Option<Usage>,
     pub elapsed: Duration,
 }
 
-/// Runs the probe on the calling thread (which must not be an async worker).
-pub fn probe(mount_point: &Path) -> Outcome {
+/// Runs the check on the calling thread (which must not be an async worker).
+pub fn run(mount_point: &Path) -> CheckOutcome {
     let start = std::time::Instant::now();
     let statx = statx_root(mount_point);
     // A filesystem that already answered EIO has nothing meaningful to say about usage.
@@ -40,11 +46,31 @@ pub fn probe(mount_point: &Path) -> Outcome {
     } else {
         None
     };
-    Outcome {
+    CheckOutcome {
         statx,
         usage,
         elapsed: start.elapsed(),
     }
+}
+
+/// Result of a finished off-thread mount check.
+#[derive(Debug)]
+pub struct CheckDone {
+    pub mount_point: PathBuf,
+    pub mount_id: u32,
+    pub outcome: CheckOutcome,
+}
+
+/// Runs [`run`] on a blocking thread; the result is sent to `tx` (a hung check never sends).
+pub fn spawn(tx: mpsc::UnboundedSender<CheckDone>, mount_point: PathBuf, mount_id: u32) {
+    tokio::task::spawn_blocking(move || {
+        let outcome = run(&mount_point);
+        let _ = tx.send(CheckDone {
+            mount_point,
+            mount_id,
+            outcome,
+        });
+    });
 }
 
 fn statx_root(path: &Path) -> Result<(), Errno> {
@@ -92,12 +118,12 @@ mod tests {
     }
 
     #[test]
-    fn probes_a_real_directory() {
+    fn checks_a_real_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let o = probe(dir.path());
+        let o = run(dir.path());
         assert_eq!(o.statx, Ok(()));
         assert!(o.usage.is_some());
-        let missing = probe(&dir.path().join("nope"));
+        let missing = run(&dir.path().join("nope"));
         assert_eq!(missing.statx, Err(Errno::ENOENT));
     }
 }

@@ -4,8 +4,8 @@
 //! client id is not visible in mountinfo, so a task cannot be tied to one mount from the
 //! tracepoint alone. The verdict is therefore per host plus per mount: an NFS mount is stalled
 //! when an RPC task on the host has been in flight longer than `nfs_stall_after` *and* the
-//! mount's own probe (statx of its root) is unanswered past `probe_timeout`. A healthy share
-//! answers its probe, so a stuck task of another server, or an entry that lost its end
+//! mount's own check (statx of its root) is unanswered past `probe_timeout`. A healthy share
+//! answers its check, so a stuck task of another server, or an entry that lost its end
 //! event, cannot mark it.
 
 use std::time::Duration;
@@ -44,7 +44,7 @@ pub fn oldest(map: &HashMap<MapData, RpcKey, RqVal>, now_ns: u64) -> RpcInflight
 /// Keys of entries that lost their end event (an end the agent missed while it was not
 /// attached, a task torn down without `rpc_task_end`): in flight longer than `leak_after` and
 /// started before `answered_since_ns`, the time after which the server of every NFS mount on
-/// the host has answered a probe (None: some mount has not, so every entry may be its stall).
+/// the host has answered a mount check (None: some mount has not, so every entry may be its stall).
 /// Without this the map only grows and the oldest-task gauge climbs forever.
 pub fn leaked(
     entries: impl IntoIterator<Item = (RpcKey, RqVal)>,
@@ -79,16 +79,52 @@ pub fn forget_leaked(
     stale.iter().filter(|k| map.remove(k).is_ok()).count()
 }
 
-/// The `nfs_stall` detail for an NFS mount (source `server:/path`) whose probe has waited
-/// `probe_waited`, or None when the RPC view does not show a stall of it.
+/// The time after which every NFS mount's server answered a check (the oldest of
+/// `answered`, each None while its mount has not), or None when some has not answered or a
+/// mount call is in flight: that may be an NFS mount not in mountinfo yet, whose tasks are
+/// exactly the ones that matter.
+pub fn answered_since(
+    answered: impl IntoIterator<Item = Option<u64>>,
+    calls_in_flight: bool,
+    now_ns: u64,
+) -> Option<u64> {
+    if calls_in_flight {
+        return None;
+    }
+    answered
+        .into_iter()
+        .try_fold(now_ns, |min, a| a.map(|a| min.min(a)))
+}
+
+/// The `nfs_stall` verdict of an NFS mount (source `server:/path`) whose check has waited
+/// `waited`: the RPC view names the stuck RPC; without it (tracepoints missing, or no task
+/// old enough yet) the unanswered check alone decides, after `nfs_stall_after`.
+pub fn nfs_stall(
+    rpc: RpcInflight,
+    waited: Duration,
+    source: &str,
+    detect: &Detect,
+) -> Option<String> {
+    stall_detail(rpc, waited, source, detect).or_else(|| {
+        (waited >= detect.nfs_stall_after).then(|| {
+            format!(
+                "statx of the mount root unanswered for {:.0}s",
+                waited.as_secs_f64()
+            )
+        })
+    })
+}
+
+/// The `nfs_stall` detail for an NFS mount (source `server:/path`) whose check has waited
+/// `check_waited`, or None when the RPC view does not show a stall of it.
 pub fn stall_detail(
     rpc: RpcInflight,
-    probe_waited: Duration,
+    check_waited: Duration,
     source: &str,
     detect: &Detect,
 ) -> Option<String> {
     let (client, age) = rpc.oldest?;
-    if age < detect.nfs_stall_after || probe_waited < detect.probe_timeout {
+    if age < detect.nfs_stall_after || check_waited < detect.probe_timeout {
         return None;
     }
     let server = source.rsplit_once(':').map_or(source, |(host, _)| host);
@@ -97,7 +133,7 @@ pub fn stall_detail(
          (sunrpc client {client}, {} task(s) in flight), statx of the mount root unanswered for {:.0}s",
         age.as_secs_f64(),
         rpc.tasks,
-        probe_waited.as_secs_f64()
+        check_waited.as_secs_f64()
     ))
 }
 
@@ -157,12 +193,12 @@ mod tests {
     }
 
     #[test]
-    fn stall_needs_an_old_task_and_an_unanswered_probe() {
+    fn stall_needs_an_old_task_and_an_unanswered_check() {
         let d = detect();
         let old = summarize([entry(2, 1, 0, 1)], 30 * S);
         let young = summarize([entry(2, 1, 25, 1)], 30 * S);
         let src = "127.0.0.1:/export";
-        // A healthy share answers its probe: an old task elsewhere does not mark it.
+        // A healthy share answers its check: an old task elsewhere does not mark it.
         assert!(stall_detail(old, Duration::from_secs(1), src, &d).is_none());
         assert!(stall_detail(young, Duration::from_secs(20), src, &d).is_none());
         assert!(stall_detail(RpcInflight::default(), Duration::from_secs(20), src, &d).is_none());

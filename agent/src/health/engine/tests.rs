@@ -1,0 +1,360 @@
+//! The engine against fixture mountinfo and sysfs trees and synthetic kernel events (no
+//! BPF): what each signal does to mounts and devices, and how state follows remounts.
+
+use std::{fs, os::unix::fs::symlink, path::Path};
+
+use nix::errno::Errno;
+
+use super::*;
+use crate::{
+    config::Watch,
+    health::{Signal, State},
+    probes::events::KernelEvent,
+    publish::{
+        limits::{self, BoundedTable},
+        status::{Status, TargetStatus},
+    },
+    scan::check::{CheckOutcome, Usage},
+};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    sysfs_root: PathBuf,
+    _checks: mpsc::UnboundedReceiver<CheckDone>,
+}
+
+const LOOP0: DevId = DevId { major: 7, minor: 0 };
+
+fn mountinfo(mount_id: u32) -> String {
+    format!(
+        "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+         {mount_id} 22 7:0 / /mnt/data rw - xfs /dev/loop0 rw\n\
+         31 22 0:40 / /mnt/nfs rw - nfs4 srv:/x rw\n"
+    )
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    let dev_dir = root.join("devices/virtual/block/loop0");
+    fs::create_dir_all(&dev_dir).unwrap();
+    fs::write(dev_dir.join("dev"), "7:0\n").unwrap();
+    fs::write(dev_dir.join("inflight"), "0 0\n").unwrap();
+    fs::write(dev_dir.join("stat"), "1 0 8 0 1 0 8 0 0 0 0 0 0 0 0 0 0\n").unwrap();
+    fs::create_dir_all(root.join("dev/block")).unwrap();
+    symlink(
+        "../../devices/virtual/block/loop0",
+        root.join("dev/block/7:0"),
+    )
+    .unwrap();
+    let cfg = Config {
+        watch: vec![Watch {
+            path: "/mnt/data".into(),
+            critical: true,
+            require_mountpoint: false,
+        }],
+        ..Config::default()
+    };
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared::new(metrics, SystemTime::now(), true));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut engine = Engine::new(Arc::new(cfg), Sysfs::new(&root), shared, tx);
+    engine.refresh_topology(&mountinfo(30), &|_| Some(true));
+    Fixture {
+        _dir: dir,
+        engine,
+        sysfs_root: root,
+        _checks: rx,
+    }
+}
+
+fn target<'a>(s: &'a Status, kind: &str, id: &str) -> &'a TargetStatus {
+    s.targets
+        .iter()
+        .find(|t| t.kind == kind && t.id == id)
+        .unwrap_or_else(|| panic!("no {kind} {id} in {:?}", s.targets))
+}
+
+fn status(f: &Fixture) -> Arc<Status> {
+    f.engine.publish();
+    f.engine.shared.status()
+}
+
+#[test]
+fn subdirectory_bind_mounts_of_observed_filesystems_are_not_targets() {
+    let mut f = fixture();
+    let with_binds = format!(
+        "{}40 22 254:0 /var/lib/bindsto /var/lib/bindsto rw - ext4 /dev/vda rw\n\
+         41 22 7:1 /sub /mnt/only-bind rw - xfs /dev/loop1 rw\n",
+        mountinfo(30)
+    );
+    f.engine.refresh_topology(&with_binds, &|_| Some(true));
+    let s = status(&f);
+    assert!(
+        !s.targets.iter().any(|t| t.id == "/var/lib/bindsto"),
+        "{:?}",
+        s.targets
+    );
+    // A filesystem seen only through a bind mount is still observed.
+    target(&s, "mount", "/mnt/only-bind");
+    target(&s, "mount", "/");
+}
+
+#[test]
+fn observes_configured_fstypes_and_the_devices_below() {
+    let f = fixture();
+    let s = status(&f);
+    assert!(target(&s, "mount", "/mnt/data").critical);
+    assert!(!target(&s, "mount", "/").critical);
+    assert_eq!(
+        target(&s, "mount", "/mnt/nfs").fstype.as_deref(),
+        Some("nfs4")
+    );
+    assert!(
+        target(&s, "device", "loop0").critical,
+        "a critical mount's disk is critical"
+    );
+    assert_eq!(s.devices.len(), 1);
+    assert!(s.healthy);
+}
+
+#[test]
+fn shutdown_event_fails_only_its_mount() {
+    let mut f = fixture();
+    f.engine.on_event(&KernelEvent::XfsShutdown {
+        dev: LOOP0,
+        ptag: 0x40,
+        flags: 0x6,
+        ts_ns: 0,
+    });
+    let s = status(&f);
+    let t = target(&s, "mount", "/mnt/data");
+    assert_eq!(t.state, State::Failed);
+    assert_eq!(t.reasons[0].signal, Signal::XfsShutdown);
+    assert!(t.reasons[0].detail.contains("log_io|force_umount"));
+    assert_eq!(target(&s, "mount", "/").state, State::Healthy);
+    assert!(!s.healthy);
+    assert_eq!(s.failed_critical().count(), 1);
+}
+
+// Errors start a check of the mounts on the disk, which needs a runtime.
+#[tokio::test]
+async fn block_errors_degrade_disk_and_mounts_on_it() {
+    let mut f = fixture();
+    f.engine.on_event(&KernelEvent::BlockError {
+        dev: LOOP0,
+        error: -5,
+        sector: 8,
+        ts_ns: 0,
+    });
+    let s = status(&f);
+    assert_eq!(target(&s, "device", "loop0").state, State::Degraded);
+    assert_eq!(target(&s, "mount", "/mnt/data").state, State::Degraded);
+    assert_eq!(s.devices[0].io_errors, 1);
+    assert!(s.healthy, "errors alone degrade, they do not fail");
+}
+
+fn check_of(mount_id: u32, statx: Result<(), Errno>, usage: Option<Usage>) -> CheckDone {
+    CheckDone {
+        mount_point: "/mnt/data".into(),
+        mount_id,
+        outcome: CheckOutcome {
+            statx,
+            usage,
+            elapsed: Duration::ZERO,
+        },
+    }
+}
+
+#[test]
+fn statx_eio_confirms_a_shutdown_and_remount_starts_fresh() {
+    let mut f = fixture();
+    f.engine.on_check_done(check_of(30, Err(Errno::EIO), None));
+    assert_eq!(
+        target(&status(&f), "mount", "/mnt/data").state,
+        State::Failed
+    );
+    // A result for an older mount at the same place is ignored.
+    f.engine.refresh_topology(&mountinfo(40), &|_| Some(true));
+    f.engine.on_check_done(check_of(30, Err(Errno::EIO), None));
+    let s = status(&f);
+    assert_eq!(target(&s, "mount", "/mnt/data").state, State::Healthy);
+    assert!(s.healthy);
+}
+
+#[test]
+fn full_filesystem_degrades_and_clears() {
+    let mut f = fixture();
+    let check = |space: f64| {
+        let usage = Usage {
+            space_used_percent: space,
+            inodes_used_percent: Some(1.0),
+        };
+        check_of(30, Ok(()), Some(usage))
+    };
+    f.engine.on_check_done(check(97.0));
+    assert_eq!(
+        target(&status(&f), "mount", "/mnt/data").state,
+        State::Degraded
+    );
+    f.engine.on_check_done(check(50.0));
+    assert_eq!(
+        target(&status(&f), "mount", "/mnt/data").state,
+        State::Healthy
+    );
+}
+
+/// Check results are never read here, so every check stays outstanding, as hung ones do.
+#[tokio::test]
+async fn outstanding_checks_are_one_per_mount_and_capped_across_remounts() {
+    let mut f = fixture();
+    let skipped = |f: &Fixture| {
+        f.engine
+            .metrics
+            .mount_checks
+            .get_or_create(&metrics::OutcomeLabels {
+                outcome: "skipped".into(),
+            })
+            .get()
+    };
+    // Three mounts (/, /mnt/data, /mnt/nfs): one check each, however many scans.
+    for _ in 0..5 {
+        f.engine.scan(None);
+    }
+    assert_eq!(f.engine.checks_outstanding, 3);
+    assert_eq!(skipped(&f), 0);
+    // /mnt/data comes back as a new mount while its check hangs: a second one starts for
+    // the new mount, up to the cap; past it, checks wait and are counted.
+    f.engine.checks_max = 4;
+    f.engine.refresh_topology(&mountinfo(40), &|_| Some(true));
+    f.engine.scan(None);
+    assert_eq!(f.engine.checks_outstanding, 4);
+    f.engine.refresh_topology(&mountinfo(50), &|_| Some(true));
+    f.engine.scan(None);
+    f.engine.scan(None);
+    assert_eq!(f.engine.checks_outstanding, 4);
+    assert_eq!(skipped(&f), 2);
+    // An answer, even a stale one, frees a slot: the waiting mount is checked.
+    f.engine.on_check_done(check_of(30, Ok(()), None));
+    f.engine.scan(None);
+    assert_eq!(f.engine.checks_outstanding, 4);
+    assert_eq!(skipped(&f), 2);
+    assert!(
+        f.engine.mounts[Path::new("/mnt/data")]
+            .check_since
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn sysfs_inflight_without_progress_is_a_stall_only_after_the_threshold() {
+    let mut f = fixture();
+    let dir = f.sysfs_root.join("devices/virtual/block/loop0");
+    fs::write(dir.join("inflight"), "0 1\n").unwrap();
+    f.engine.scan(None);
+    assert_eq!(target(&status(&f), "device", "loop0").state, State::Healthy);
+    // Pretend the threshold passed: the same counters, still in flight.
+    let mut cfg = (*f.engine.cfg).clone();
+    cfg.detect.io_stall_after = Duration::from_millis(1);
+    f.engine.cfg = Arc::new(cfg);
+    std::thread::sleep(Duration::from_millis(5));
+    f.engine.scan(None);
+    let s = status(&f);
+    assert_eq!(target(&s, "device", "loop0").state, State::Failed);
+    assert_eq!(target(&s, "mount", "/mnt/data").state, State::Failed);
+    assert!(s.devices[0].stalled);
+    // A completion is progress: the stall clears.
+    fs::write(dir.join("stat"), "2 0 16 0 1 0 8 0 1 0 0 0 0 0 0 0 0\n").unwrap();
+    f.engine.scan(None);
+    let s = status(&f);
+    assert_eq!(target(&s, "device", "loop0").state, State::Healthy);
+    assert_eq!(target(&s, "mount", "/mnt/data").state, State::Healthy);
+}
+
+fn table_full(f: &Fixture, table: &str) -> u64 {
+    let text = f.engine.metrics.encode();
+    let needle = format!("bindsto_table_full_total{{table=\"{table}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(needle.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+}
+
+#[test]
+fn more_mounts_than_the_limit_keeps_the_watched_ones_and_counts_the_rest() {
+    let mut f = fixture();
+    let mut text = mountinfo(30);
+    let extra = limits::MOUNTS_MAX + 50;
+    for i in 0..extra {
+        text.push_str(&format!(
+            "{} 22 0:{} / /a/m{i:05} rw - xfs /dev/fake{i} rw\n",
+            1000 + i,
+            100 + i
+        ));
+    }
+    f.engine.refresh_topology(&text, &|_| Some(true));
+    let s = status(&f);
+    let mounts = s.targets.iter().filter(|t| t.kind == "mount").count();
+    assert_eq!(mounts, limits::MOUNTS_MAX);
+    assert!(target(&s, "mount", "/mnt/data").critical, "the watch stays");
+    // 3 fixture mounts + `extra`, MOUNTS_MAX kept.
+    let left_out = (extra + 3 - limits::MOUNTS_MAX) as u64;
+    assert_eq!(table_full(&f, "mounts"), left_out);
+    // Mounts gone: the table and the per-target series shrink back.
+    f.engine.refresh_topology(&mountinfo(30), &|_| Some(true));
+    let s = status(&f);
+    assert_eq!(s.targets.iter().filter(|t| t.kind == "mount").count(), 3);
+    let text = f.engine.metrics.encode();
+    assert!(!text.contains("/a/m0"), "series of gone mounts removed");
+    assert_eq!(table_full(&f, "mounts"), left_out, "nothing more left out");
+}
+
+#[tokio::test]
+async fn error_series_of_unknown_disks_are_bounded_and_removed_when_they_go() {
+    let mut f = fixture();
+    let n = limits::DEVICE_SERIES_MAX + 20;
+    for minor in 0..n as u32 {
+        f.engine.on_event(&KernelEvent::BlockError {
+            dev: DevId::new(240, minor),
+            error: -5,
+            sector: 0,
+            ts_ns: 0,
+        });
+    }
+    // The observed disk always gets its series, even with the table full.
+    f.engine.on_event(&KernelEvent::BlockError {
+        dev: LOOP0,
+        error: -5,
+        sector: 0,
+        ts_ns: 0,
+    });
+    let text = f.engine.metrics.encode();
+    let series = |t: &str| t.matches("bindsto_block_io_errors_total{").count();
+    assert_eq!(series(&text), limits::DEVICE_SERIES_MAX + 1, "{text}");
+    assert!(text.contains("bindsto_block_io_errors_total{device=\"loop0\"} 1"));
+    assert_eq!(table_full(&f, "device_series"), 20);
+    // None of the 240:* disks exists in sysfs: their series go at the next refresh.
+    f.engine.refresh_topology(&mountinfo(30), &|_| Some(true));
+    let text = f.engine.metrics.encode();
+    assert_eq!(series(&text), 1, "{text}");
+    assert!(f.engine.series_devices.is_empty());
+    // The observed disk's series outlives its mount while the disk exists...
+    let without_data = "22 1 254:0 / / rw - ext4 /dev/vda rw\n";
+    f.engine.refresh_topology(without_data, &|_| Some(true));
+    assert_eq!(series(&f.engine.metrics.encode()), 1);
+    // ...and goes with it (a detached loop device keeps its directory with size 0).
+    let dir = f.sysfs_root.join("devices/virtual/block/loop0");
+    fs::write(dir.join("size"), "0\n").unwrap();
+    f.engine.refresh_topology(without_data, &|_| Some(true));
+    assert_eq!(series(&f.engine.metrics.encode()), 0);
+    assert!(f.engine.series_devices.is_empty());
+}
+
+#[test]
+fn the_limit_counters_start_at_zero() {
+    let f = fixture();
+    for t in BoundedTable::ALL {
+        assert_eq!(table_full(&f, t.name()), 0);
+    }
+}

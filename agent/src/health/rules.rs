@@ -1,0 +1,173 @@
+//! Event rules: which signal a kernel event raises on which targets, and which mounts it
+//! sends a check to (the tracepoints that do not prove a failure on their own).
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime},
+};
+
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use tracing::{debug, warn};
+
+use super::{
+    Signal,
+    engine::{Engine, log_transition},
+};
+use crate::{
+    probes::{
+        dev::DevId,
+        events::{self, CorruptWhat, KernelEvent},
+    },
+    publish::{
+        limits::{self, BoundedTable},
+        metrics::{self, DeviceLabels, Metrics},
+    },
+};
+
+impl Engine {
+    pub fn on_event(&mut self, ev: &KernelEvent) {
+        let now = SystemTime::now();
+        match ev {
+            KernelEvent::XfsShutdown {
+                dev, ptag, flags, ..
+            } => {
+                let detail = format!(
+                    "xfs_force_shutdown on {dev}: {} (ptag {ptag:#x})",
+                    events::shutdown_flags(*flags)
+                );
+                warn!(%dev, flags = %events::shutdown_flags(*flags), ptag, "XFS shutdown");
+                self.count_shutdown(*dev);
+                for mp in self.mounts_on_fs(*dev) {
+                    self.raise_mount(&mp, Signal::XfsShutdown, detail.clone(), now);
+                }
+            }
+            KernelEvent::XfsShutdownSomewhere { .. } => {
+                // The kprobe fallback knows no device: statx tells which XFS mount it was.
+                warn!("xfs_do_force_shutdown returned; probing every XFS mount");
+                let xfs: Vec<PathBuf> = self
+                    .mounts
+                    .iter()
+                    .filter(|(_, o)| o.entry.fstype == "xfs")
+                    .map(|(mp, _)| mp.clone())
+                    .collect();
+                self.check_now(xfs);
+            }
+            KernelEvent::XfsBufIoError { dev, error, .. } => {
+                debug!(%dev, error = %events::errno_name(*error), "xfs buffer I/O error");
+                self.check_now(self.mounts_on_fs(*dev));
+            }
+            KernelEvent::XfsAilAbort { dev, .. } => {
+                debug!(%dev, "xfs log item aborted");
+                self.check_now(self.mounts_on_fs(*dev));
+            }
+            KernelEvent::XfsCorrupt {
+                dev, what, flags, ..
+            } => {
+                let what = match what {
+                    CorruptWhat::Fs => "filesystem".to_string(),
+                    CorruptWhat::Inode(ino) => format!("inode {ino}"),
+                    CorruptWhat::Group => "allocation group".to_string(),
+                };
+                warn!(%dev, what, flags, "XFS marked metadata corrupt");
+                self.check_now(self.mounts_on_fs(*dev));
+            }
+            KernelEvent::BlockError {
+                dev, error, sector, ..
+            } => self.on_block_error(*dev, *error, *sector, now),
+        }
+    }
+
+    /// A failed request degrades its disk and the mounts on it, and checks those mounts.
+    fn on_block_error(&mut self, dev: DevId, error: i32, sector: u64, now: SystemTime) {
+        let name = self.count_on_device(dev, |m| &m.block_io_errors);
+        let detail = format!("I/O error {} at sector {sector}", events::errno_name(error));
+        if let Some(d) = self.devices.get_mut(&name) {
+            d.io_errors += 1;
+            d.last_error = Some(Instant::now());
+            let detail = format!("{} errors; last: {detail}", d.io_errors);
+            d.last_error_detail.clone_from(&detail);
+            if let Some(t) = d.target.raise(Signal::IoErrors, detail, now) {
+                log_transition(&d.target, &t);
+            }
+        }
+        let mps: Vec<PathBuf> = self
+            .mounts
+            .iter()
+            .filter(|(_, o)| o.devices.contains(&name))
+            .map(|(mp, _)| mp.clone())
+            .collect();
+        for mp in &mps {
+            self.raise_mount(mp, Signal::IoErrors, format!("{name}: {detail}"), now);
+        }
+        self.check_now(mps);
+    }
+
+    pub(super) fn count_shutdown(&mut self, dev: DevId) {
+        self.count_on_device(dev, |m| &m.xfs_shutdowns);
+    }
+
+    /// Counts one in a per-device counter, if the disk may have its own series (observed
+    /// devices always, other disks up to `DEVICE_SERIES_MAX`); returns the disk's name.
+    fn count_on_device(
+        &mut self,
+        dev: DevId,
+        family: impl Fn(&Metrics) -> &Family<DeviceLabels, Counter>,
+    ) -> String {
+        let name = self.device_name(dev);
+        let observed = self.devices.contains_key(&name);
+        if self
+            .series_devices
+            .admit(&self.metrics, &name, dev, observed)
+        {
+            family(&self.metrics)
+                .get_or_create(&metrics::device_labels(&name))
+                .inc();
+        }
+        name
+    }
+
+    /// Name of a disk for labels. Called per error event, so a disk outside the observed
+    /// mounts is looked up in sysfs once and remembered (cleared on topology refresh, and
+    /// bounded, since device numbers can be reused).
+    fn device_name(&mut self, dev: DevId) -> String {
+        if let Some((name, _)) = self.devices.iter().find(|(_, d)| d.dev == dev) {
+            return name.clone();
+        }
+        if let Some(name) = self.other_names.get(&dev) {
+            return name.clone();
+        }
+        let name = self
+            .sysfs
+            .block_device(dev)
+            .map_or_else(|| dev.to_string(), |b| b.name);
+        if self.other_names.len() < limits::DEVICE_NAMES_MAX {
+            self.other_names.insert(dev, name.clone());
+        } else {
+            self.metrics.count_full(BoundedTable::DeviceNames, 1);
+        }
+        name
+    }
+
+    /// Mounts whose superblock device is `dev` (XFS events carry `sb->s_dev`).
+    fn mounts_on_fs(&self, dev: DevId) -> Vec<PathBuf> {
+        self.mounts
+            .iter()
+            .filter(|(_, o)| o.entry.dev == dev)
+            .map(|(mp, _)| mp.clone())
+            .collect()
+    }
+
+    fn raise_mount(&mut self, mp: &Path, signal: Signal, detail: String, now: SystemTime) {
+        if let Some(o) = self.mounts.get_mut(mp)
+            && let Some(t) = o.target.raise(signal, detail, now)
+        {
+            log_transition(&o.target, &t);
+        }
+    }
+
+    /// Counts a record the event reader could not decode.
+    pub fn decode_error(&mut self, e: &events::DecodeError) {
+        self.metrics.events_decode_errors.inc();
+        warn!(error = %e, "undecodable kernel event");
+    }
+}
