@@ -70,6 +70,13 @@ impl<'a> KeyLines<'a> {
 /// The dotted key at byte `offset` of `text`: the key of the assignment whose key or value
 /// covers it, within its table and inline tables; on a table header, the header.
 pub(super) fn key_at(text: &str, offset: usize) -> Option<String> {
+    // An error at the end of the text ("expected `}`") is about the last thing in it.
+    let last = text.trim_end().len();
+    let offset = if offset >= last {
+        last.saturating_sub(1)
+    } else {
+        offset
+    };
     let source = Source::new(text);
     let tokens = source.lex().into_vec();
     let mut finder = KeyFinder {
@@ -188,7 +195,17 @@ impl EventReceiver for KeyFinder<'_> {
         let raw = self.text.get(span.start()..span.end()).unwrap_or("");
         let mut part = String::new();
         Raw::new_unchecked(raw, encoding, span).decode_key(&mut part, &mut ());
-        self.key.push(part);
+        if encoding.is_none() {
+            // After an error the parser may hand over a bare key with the bad text in it
+            // ("listen:"); the key is what precedes it.
+            let valid = part
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(part.len());
+            part.truncate(valid);
+        }
+        if !part.is_empty() {
+            self.key.push(part);
+        }
         self.reach(span);
     }
     fn key_val_sep(&mut self, span: Span, _: &mut dyn ErrorSink) {
