@@ -3,10 +3,11 @@
 use std::path::{Component, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use toml::Spanned;
+use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{DurationText, Problem, Spans, humantime_str};
+use super::Problem;
+use super::de::{BadValue, checked_str, duration, nonzero, percent, positive};
+use super::locate::KeyLines;
 
 /// One rung of the ladder, in the order the config lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -40,13 +41,19 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `[remediate]`: the ladder and its rails; one sub-table per step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct Remediate {
+    #[serde(deserialize_with = "actions")]
     pub actions: Vec<Action>,
-    #[serde(serialize_with = "humantime_str")]
+    #[serde(with = "duration")]
     pub hold_down: Duration,
+    #[serde(deserialize_with = "positive")]
     pub max_per_hour: u32,
+    #[serde(deserialize_with = "state_dir")]
     pub state_dir: PathBuf,
+    #[serde(deserialize_with = "positive")]
     pub aws_max_attempts: u32,
     pub ecs_drain: EcsDrain,
     pub stop_units: StopUnits,
@@ -54,39 +61,54 @@ pub struct Remediate {
     pub exec: Exec,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A step of the ladder; see `default.toml` for what it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct EcsDrain {
+    #[serde(deserialize_with = "http_url")]
     pub introspection_url: String,
+    #[serde(deserialize_with = "endpoint_url")]
     pub endpoint_url: Option<String>,
-    #[serde(serialize_with = "humantime_str")]
+    #[serde(with = "nonzero")]
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A step of the ladder; see `default.toml` for what it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct StopUnits {
+    #[serde(deserialize_with = "units")]
     pub units: Vec<String>,
     pub mask_units: bool,
-    #[serde(serialize_with = "humantime_str")]
+    #[serde(with = "nonzero")]
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A step of the ladder; see `default.toml` for what it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct AsgUnhealthy {
+    #[serde(deserialize_with = "http_url")]
     pub imds_url: String,
+    #[serde(deserialize_with = "endpoint_url")]
     pub endpoint_url: Option<String>,
+    #[serde(deserialize_with = "region")]
     pub region: Option<String>,
+    #[serde(deserialize_with = "fleet_percent")]
     pub fleet_max_unhealthy_percent: f64,
-    #[serde(serialize_with = "humantime_str")]
+    #[serde(with = "nonzero")]
     pub breaker_retry: Duration,
     pub respect_grace_period: bool,
-    #[serde(serialize_with = "humantime_str")]
+    #[serde(with = "nonzero")]
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A step of the ladder; see `default.toml` for what it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct Exec {
     pub command: Vec<String>,
-    #[serde(serialize_with = "humantime_str")]
+    #[serde(with = "nonzero")]
     pub timeout: Duration,
 }
 
@@ -98,320 +120,168 @@ impl Default for Remediate {
             max_per_hour: 2,
             state_dir: PathBuf::from("/var/lib/bindsto"),
             aws_max_attempts: 4,
-            ecs_drain: EcsDrain {
-                introspection_url: "http://127.0.0.1:51678".into(),
-                endpoint_url: None,
-                timeout: Duration::from_secs(30),
-            },
-            stop_units: StopUnits {
-                units: vec!["ecs.service".into()],
-                mask_units: false,
-                timeout: Duration::from_secs(90),
-            },
-            asg_unhealthy: AsgUnhealthy {
-                imds_url: "http://169.254.169.254".into(),
-                endpoint_url: None,
-                region: None,
-                fleet_max_unhealthy_percent: 20.0,
-                breaker_retry: Duration::from_secs(60),
-                respect_grace_period: false,
-                timeout: Duration::from_secs(30),
-            },
-            exec: Exec {
-                command: Vec::new(),
-                timeout: Duration::from_secs(30),
-            },
+            ecs_drain: EcsDrain::default(),
+            stop_units: StopUnits::default(),
+            asg_unhealthy: AsgUnhealthy::default(),
+            exec: Exec::default(),
         }
     }
 }
 
-// ---- raw layer ----
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-pub(super) struct RawRemediate {
-    actions: Option<Spanned<Vec<Spanned<String>>>>,
-    hold_down: Option<Spanned<DurationText>>,
-    max_per_hour: Option<Spanned<i64>>,
-    state_dir: Option<Spanned<String>>,
-    aws_max_attempts: Option<Spanned<i64>>,
-    ecs_drain: Option<RawEcsDrain>,
-    stop_units: Option<RawStopUnits>,
-    asg_unhealthy: Option<RawAsgUnhealthy>,
-    exec: Option<RawExec>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawEcsDrain {
-    introspection_url: Option<Spanned<String>>,
-    endpoint_url: Option<Spanned<String>>,
-    timeout: Option<Spanned<DurationText>>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawStopUnits {
-    units: Option<Spanned<Vec<String>>>,
-    mask_units: Option<bool>,
-    timeout: Option<Spanned<DurationText>>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawAsgUnhealthy {
-    imds_url: Option<Spanned<String>>,
-    endpoint_url: Option<Spanned<String>>,
-    region: Option<Spanned<String>>,
-    fleet_max_unhealthy_percent: Option<Spanned<f64>>,
-    breaker_retry: Option<Spanned<DurationText>>,
-    respect_grace_period: Option<bool>,
-    timeout: Option<Spanned<DurationText>>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawExec {
-    command: Option<Spanned<Vec<String>>>,
-    timeout: Option<Spanned<DurationText>>,
-}
-
-fn url(
-    spans: &mut Spans,
-    key: &'static str,
-    raw: Option<Spanned<String>>,
-) -> Result<Option<String>, Problem> {
-    let Some(text) = spans.take(key, raw) else {
-        return Ok(None);
-    };
-    // The agent's own HTTP client speaks plain HTTP only (IMDS and the ECS introspection API are
-    // link-local); the AWS SDK accepts https too.
-    let ok = text.starts_with("http://")
-        || (text.starts_with("https://") && key.ends_with("endpoint_url"));
-    if !ok || text.len() <= "http://".len() {
-        return Err(spans.problem(
-            key,
-            format!("invalid URL {text:?}; expected http://HOST[:PORT]"),
-        ));
+impl Default for EcsDrain {
+    fn default() -> Self {
+        EcsDrain {
+            introspection_url: "http://127.0.0.1:51678".into(),
+            endpoint_url: None,
+            timeout: Duration::from_secs(30),
+        }
     }
-    Ok(Some(text.trim_end_matches('/').to_owned()))
 }
 
-fn count(
-    spans: &mut Spans,
-    key: &'static str,
-    raw: Option<Spanned<i64>>,
-    default: u32,
-    min: u32,
-) -> Result<u32, Problem> {
-    let Some(v) = spans.take(key, raw) else {
-        return Ok(default);
-    };
-    u32::try_from(v).ok().filter(|v| *v >= min).ok_or_else(|| {
-        spans.problem(
-            key,
-            format!("{v} is out of range; expected an integer >= {min}"),
-        )
+impl Default for StopUnits {
+    fn default() -> Self {
+        StopUnits {
+            units: vec!["ecs.service".into()],
+            mask_units: false,
+            timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl Default for AsgUnhealthy {
+    fn default() -> Self {
+        AsgUnhealthy {
+            imds_url: "http://169.254.169.254".into(),
+            endpoint_url: None,
+            region: None,
+            fleet_max_unhealthy_percent: 20.0,
+            breaker_retry: Duration::from_secs(60),
+            respect_grace_period: false,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Exec {
+    fn default() -> Self {
+        Exec {
+            command: Vec::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The exec action runs `remediate.exec.command`: it must be set, to an absolute program.
+pub(super) fn validate(r: &Remediate, lines: &KeyLines) -> Result<(), Problem> {
+    const COMMAND: &str = "remediate.exec.command";
+    if !r.actions.contains(&Action::Exec) {
+        return Ok(());
+    }
+    match r.exec.command.first() {
+        None => Err(lines.problem(
+            if lines.is_set(COMMAND) {
+                COMMAND
+            } else {
+                "remediate.actions"
+            },
+            "the exec action needs remediate.exec.command, e.g. [\"/usr/local/bin/notify\"]".into(),
+        )),
+        // No shell and no PATH search: what runs is exactly what the file names.
+        Some(prog) if !prog.starts_with('/') => Err(lines.problem(
+            COMMAND,
+            format!("program {prog:?} must be an absolute path"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+// ---- field deserializers: a value that cannot be right is refused where the file says it ----
+
+fn actions<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Action>, D::Error> {
+    /// One list element, checked on its own so an unknown name is reported at its line.
+    struct ActionName(Action);
+
+    impl<'de> Deserialize<'de> for ActionName {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            checked_str(d, |s| {
+                Action::parse(s).map(ActionName).ok_or_else(|| {
+                    BadValue(format!(
+                        "unknown action {s:?}; expected one of ecs-drain, stop-units, asg-unhealthy, exec"
+                    ))
+                })
+            })
+        }
+    }
+
+    let mut out: Vec<Action> = Vec::new();
+    for ActionName(a) in Vec::<ActionName>::deserialize(d)? {
+        if out.contains(&a) {
+            return Err(serde::de::Error::custom(format!(
+                "action {:?} is listed twice",
+                a.name()
+            )));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+fn state_dir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    checked_str(d, |text| {
+        let p = PathBuf::from(text);
+        if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+            return Err(BadValue(format!(
+                "{text:?} must be an absolute path without \"..\""
+            )));
+        }
+        Ok(p)
     })
 }
 
-impl RawRemediate {
-    pub(super) fn resolve(self, spans: &mut Spans) -> Result<Remediate, Problem> {
-        let d = Remediate::default();
-        let actions = match self.actions {
-            None => d.actions,
-            Some(list) => {
-                spans
-                    .keys
-                    .insert("remediate.actions", spans.line(list.span()));
-                let mut out: Vec<Action> = Vec::new();
-                for item in list.into_inner() {
-                    let line = spans.line(item.span());
-                    let name = item.into_inner();
-                    let problem = |message: String| Problem {
-                        line: Some(line),
-                        key: Some("remediate.actions".into()),
-                        message,
-                    };
-                    let Some(a) = Action::parse(&name) else {
-                        return Err(problem(format!(
-                            "unknown action {name:?}; expected one of ecs-drain, stop-units, asg-unhealthy, exec"
-                        )));
-                    };
-                    if out.contains(&a) {
-                        return Err(problem(format!("action {name:?} is listed twice")));
-                    }
-                    out.push(a);
-                }
-                out
-            }
-        };
-        let hold_down = spans.duration("remediate.hold_down", self.hold_down, d.hold_down)?;
-        let max_per_hour = count(
-            spans,
-            "remediate.max_per_hour",
-            self.max_per_hour,
-            d.max_per_hour,
-            1,
-        )?;
-        let aws_max_attempts = count(
-            spans,
-            "remediate.aws_max_attempts",
-            self.aws_max_attempts,
-            d.aws_max_attempts,
-            1,
-        )?;
-        let state_dir = match spans.take("remediate.state_dir", self.state_dir) {
-            None => d.state_dir,
-            Some(text) => {
-                let p = PathBuf::from(&text);
-                if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
-                    return Err(spans.problem(
-                        "remediate.state_dir",
-                        format!("{text:?} must be an absolute path without \"..\""),
-                    ));
-                }
-                p
-            }
-        };
+/// The agent's own HTTP client speaks plain HTTP only (IMDS and the ECS introspection API are
+/// link-local).
+fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked_str(d, |text| url(text, false))
+}
 
-        let e = self.ecs_drain.unwrap_or_default();
-        let ecs_drain = EcsDrain {
-            introspection_url: url(
-                spans,
-                "remediate.ecs_drain.introspection_url",
-                e.introspection_url,
-            )?
-            .unwrap_or(d.ecs_drain.introspection_url),
-            endpoint_url: url(spans, "remediate.ecs_drain.endpoint_url", e.endpoint_url)?,
-            timeout: spans.duration(
-                "remediate.ecs_drain.timeout",
-                e.timeout,
-                d.ecs_drain.timeout,
-            )?,
-        };
+/// The AWS SDK's endpoints accept https too.
+fn endpoint_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked_str(d, |text| url(text, true).map(Some))
+}
 
-        let s = self.stop_units.unwrap_or_default();
-        let units = match spans.take("remediate.stop_units.units", s.units) {
-            None => d.stop_units.units,
-            Some(units) => {
-                if let Some(bad) = units.iter().find(|u| !valid_unit(u)) {
-                    return Err(spans.problem(
-                        "remediate.stop_units.units",
-                        format!("{bad:?} is not a unit name such as \"ecs.service\""),
-                    ));
-                }
-                units
-            }
-        };
-        let stop_units = StopUnits {
-            units,
-            mask_units: s.mask_units.unwrap_or(d.stop_units.mask_units),
-            timeout: spans.duration(
-                "remediate.stop_units.timeout",
-                s.timeout,
-                d.stop_units.timeout,
-            )?,
-        };
-
-        let a = self.asg_unhealthy.unwrap_or_default();
-        let da = d.asg_unhealthy;
-        let region = spans.take("remediate.asg_unhealthy.region", a.region);
-        if let Some(r) = &region
-            && (r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        {
-            return Err(spans.problem(
-                "remediate.asg_unhealthy.region",
-                format!("{r:?} is not a region name such as \"us-east-1\""),
-            ));
-        }
-        let pct = spans
-            .take(
-                "remediate.asg_unhealthy.fleet_max_unhealthy_percent",
-                a.fleet_max_unhealthy_percent,
-            )
-            .unwrap_or(da.fleet_max_unhealthy_percent);
-        if !(0.0..=100.0).contains(&pct) {
-            return Err(spans.problem(
-                "remediate.asg_unhealthy.fleet_max_unhealthy_percent",
-                format!("{pct} is outside 0..=100"),
-            ));
-        }
-        let asg_unhealthy = AsgUnhealthy {
-            imds_url: url(spans, "remediate.asg_unhealthy.imds_url", a.imds_url)?
-                .unwrap_or(da.imds_url),
-            endpoint_url: url(
-                spans,
-                "remediate.asg_unhealthy.endpoint_url",
-                a.endpoint_url,
-            )?,
-            region,
-            fleet_max_unhealthy_percent: pct,
-            breaker_retry: spans.duration(
-                "remediate.asg_unhealthy.breaker_retry",
-                a.breaker_retry,
-                da.breaker_retry,
-            )?,
-            respect_grace_period: a.respect_grace_period.unwrap_or(da.respect_grace_period),
-            timeout: spans.duration("remediate.asg_unhealthy.timeout", a.timeout, da.timeout)?,
-        };
-
-        let x = self.exec.unwrap_or_default();
-        let command = spans
-            .take("remediate.exec.command", x.command)
-            .unwrap_or_default();
-        let exec = Exec {
-            command,
-            timeout: spans.duration("remediate.exec.timeout", x.timeout, d.exec.timeout)?,
-        };
-        if actions.contains(&Action::Exec) {
-            match exec.command.first() {
-                None => {
-                    return Err(spans.problem(
-                        if spans.keys.contains_key("remediate.exec.command") {
-                            "remediate.exec.command"
-                        } else {
-                            "remediate.actions"
-                        },
-                        "the exec action needs remediate.exec.command, e.g. [\"/usr/local/bin/notify\"]".into(),
-                    ));
-                }
-                // No shell and no PATH search: what runs is exactly what the file names.
-                Some(prog) if !prog.starts_with('/') => {
-                    return Err(spans.problem(
-                        "remediate.exec.command",
-                        format!("program {prog:?} must be an absolute path"),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        for (key, v) in [
-            ("remediate.ecs_drain.timeout", ecs_drain.timeout),
-            ("remediate.stop_units.timeout", stop_units.timeout),
-            ("remediate.asg_unhealthy.timeout", asg_unhealthy.timeout),
-            (
-                "remediate.asg_unhealthy.breaker_retry",
-                asg_unhealthy.breaker_retry,
-            ),
-            ("remediate.exec.timeout", exec.timeout),
-        ] {
-            if v.is_zero() {
-                return Err(spans.problem(key, "must be greater than 0".into()));
-            }
-        }
-        Ok(Remediate {
-            actions,
-            hold_down,
-            max_per_hour,
-            state_dir,
-            aws_max_attempts,
-            ecs_drain,
-            stop_units,
-            asg_unhealthy,
-            exec,
-        })
+fn url(text: &str, https: bool) -> Result<String, BadValue> {
+    let ok = text.starts_with("http://") || (https && text.starts_with("https://"));
+    if !ok || text.len() <= "http://".len() {
+        return Err(BadValue(format!(
+            "invalid URL {text:?}; expected http://HOST[:PORT]"
+        )));
     }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+fn region<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked_str(d, |r| {
+        if r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(BadValue(format!(
+                "{r:?} is not a region name such as \"us-east-1\""
+            )));
+        }
+        Ok(Some(r.to_owned()))
+    })
+}
+
+fn fleet_percent<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    percent(d, "")
+}
+
+fn units<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let units = Vec::<String>::deserialize(d)?;
+    if let Some(bad) = units.iter().find(|u| !valid_unit(u)) {
+        return Err(serde::de::Error::custom(format!(
+            "{bad:?} is not a unit name such as \"ecs.service\""
+        )));
+    }
+    Ok(units)
 }
 
 /// systemd unit names: a name, a dot and a known suffix; no slashes or spaces.

@@ -1,0 +1,58 @@
+//! `[[watch]]`: the paths whose storage the host depends on.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::Problem;
+use super::locate::KeyLines;
+
+/// One `[[watch]]` block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct Watch {
+    #[serde(deserialize_with = "canonical_path")]
+    pub path: PathBuf,
+    #[serde(default)]
+    pub critical: bool,
+    #[serde(default)]
+    pub require_mountpoint: bool,
+}
+
+/// Rebuilt from components so "/a/b/" and "/a//b" both become "/a/b", the spelling mountinfo
+/// uses.
+fn canonical_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    Ok(Path::new(&String::deserialize(d)?).components().collect())
+}
+
+/// Paths must be absolute, without "..", and watched once; errors name the block's number.
+pub(super) fn validate(watch: &[Watch], lines: &KeyLines) -> Result<(), Problem> {
+    let mut seen: HashMap<&Path, usize> = HashMap::new();
+    for (i, w) in watch.iter().enumerate() {
+        let problem = |message: String| Problem {
+            line: lines.watch_path(i),
+            key: Some("watch.path".into()),
+            message: format!("[[watch]] #{}: {message}", i + 1),
+        };
+        if !w.path.is_absolute() {
+            return Err(problem(format!("path {:?} is not absolute", w.path)));
+        }
+        // Mount points are matched by their canonical spelling; ".." would never match.
+        if w.path.components().any(|c| c == Component::ParentDir) {
+            return Err(problem(format!("path {:?} contains \"..\"", w.path)));
+        }
+        if let Some(first) = seen.insert(&w.path, i) {
+            let at = match lines.watch_path(first) {
+                Some(line) => format!(" at line {line}"),
+                None => String::new(),
+            };
+            return Err(problem(format!(
+                "duplicate path {:?}, already watched by [[watch]] #{}{at}",
+                w.path,
+                first + 1
+            )));
+        }
+    }
+    Ok(())
+}
