@@ -17,36 +17,11 @@ use crate::sys::{
     BlockStat, block_inflight, block_stat, loop_backing_file, mounts_at, mounts_under,
 };
 
-/// What faultyfs does with reads, writes and fsyncs of the disk image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Pass-through to the backing file.
-    Pass,
-    /// Every read/write/fsync answers EIO (a force-detached EBS volume).
-    Error,
-    /// Every read/write/fsync is parked until the mode goes back to `Pass` (a stalled volume).
-    /// Switching from `Hang` to `Error` fails the parked requests with EIO.
-    Hang,
-}
-
-impl Mode {
-    pub fn command(self) -> &'static str {
-        match self {
-            Mode::Pass => "pass",
-            Mode::Error => "error",
-            Mode::Hang => "hang",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "pass" => Some(Mode::Pass),
-            "error" => Some(Mode::Error),
-            "hang" => Some(Mode::Hang),
-            _ => None,
-        }
-    }
-}
+/// What faultyfs does with reads, writes and fsyncs of the disk image: pass, error (every
+/// request answers EIO, a force-detached EBS volume) or hang (parked until the mode goes back to
+/// pass, a stalled volume; switching from hang to error fails the parked requests). The agent's
+/// gameday file is what faultyfs serves, so its mode is the one type.
+pub use bindsto::gameday::faultfile::Mode;
 
 /// The answer to faultyfs' `status` command.
 #[derive(Debug, Clone)]
@@ -185,18 +160,7 @@ impl FaultyDisk {
 
         // Buffered loop I/O (--direct-io=off): every request becomes a read/write on the FUSE
         // file, which faultyfs opens with FOPEN_DIRECT_IO so nothing is served from a cache.
-        let image = disk.image.to_string_lossy().into_owned();
-        let out = run_cmd(
-            "losetup",
-            &["--find", "--show", "--direct-io=off", &image],
-            Duration::from_secs(30),
-        )?;
-        let dev = out
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("/dev/loop"))
-            .ok_or_else(|| anyhow!("losetup printed no device: {out:?}"))?;
-        let dev = PathBuf::from(dev);
+        let dev = bindsto::gameday::attach_buffered_loop(&disk.image)?;
         let name = dev
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -323,7 +287,7 @@ impl FaultyDisk {
     /// Switches what faultyfs does with reads, writes and fsyncs. Leaving `Hang` releases the
     /// parked requests before this returns.
     pub fn set_mode(&self, mode: Mode) -> anyhow::Result<()> {
-        self.control(mode.command()).map(|_| ())
+        self.control(mode.name()).map(|_| ())
     }
 
     pub fn status(&self) -> anyhow::Result<FaultyStatus> {

@@ -20,6 +20,7 @@ use std::{
 use serde::Serialize;
 
 pub use scenarios::SCENARIOS;
+pub use scratch::attach_buffered_loop;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GamedayError {

@@ -215,22 +215,7 @@ impl Scratch {
                 what: format!("sizing {}", image.display()),
                 detail: e.to_string(),
             })?;
-        let image_s = image.to_string_lossy().into_owned();
-        // Buffered loop I/O: every request becomes a read/write on the FUSE file.
-        let out = run(
-            "losetup",
-            &["--find", "--show", "--direct-io=off", &image_s],
-            Duration::from_secs(30),
-        )?;
-        let dev = out
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("/dev/loop"))
-            .ok_or_else(|| GamedayError::Scratch {
-                what: "attaching a loop device".into(),
-                detail: format!("losetup printed no device: {out:?}"),
-            })?
-            .to_string();
+        let dev = attach_buffered_loop(&image)?.to_string_lossy().into_owned();
         s.loop_name = dev.trim_start_matches("/dev/").to_string();
         s.loop_dev = Some(dev);
         // Never touch a device that is not backed by our own file.
@@ -369,4 +354,24 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Attaches `image` to a free loop device with buffered I/O (`--direct-io=off`), so every
+/// request becomes a read or write of the file (a FUSE fault file sees each one). Returns the
+/// device path; the caller owns it from then on (detach it on every path).
+pub fn attach_buffered_loop(image: &Path) -> Result<PathBuf, GamedayError> {
+    let image_s = image.to_string_lossy().into_owned();
+    let out = run(
+        "losetup",
+        &["--find", "--show", "--direct-io=off", &image_s],
+        Duration::from_secs(30),
+    )?;
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("/dev/loop"))
+        .map(PathBuf::from)
+        .ok_or_else(|| GamedayError::Scratch {
+            what: "attaching a loop device".into(),
+            detail: format!("losetup printed no device: {out:?}"),
+        })
 }

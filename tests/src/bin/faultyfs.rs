@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bindsto::gameday::faultfile::{
-    FILE_NAME, FaultFile, FaultOptions as Options, FaultShared as Shared, Mode, timestamp,
+    FILE_NAME, FaultFile, FaultOptions as Options, FaultShared as Shared, Mode, log_mode_change,
+    timestamp,
 };
 
 struct Args {
@@ -123,12 +124,9 @@ fn handle_client(shared: &Shared, stream: UnixStream, stop: &mpsc::Sender<Stop>)
         let switch = |mode: Mode| {
             let old = shared.mode();
             let released = shared.set_mode(mode);
-            eprintln!(
-                "faultyfs: {} mode {} -> {} (released {released})",
-                timestamp(),
-                old.name(),
-                mode.name()
-            );
+            if !shared.verbose() {
+                log_mode_change(old, mode, released);
+            }
             released
         };
         let answer = match cmd {

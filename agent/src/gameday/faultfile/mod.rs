@@ -59,6 +59,13 @@ impl Mode {
             Mode::Hang => "hang",
         }
     }
+
+    /// The mode a control command or status line names ([`Mode::name`] backwards).
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::Pass, Mode::Error, Mode::Hang]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
 }
 
 /// What to do with a data request: serve it against the backing file or fail it with EIO.
@@ -129,6 +136,11 @@ impl FaultShared {
     /// Switches mode and returns how many parked requests were released. Leaving `hang` runs
     /// the parked jobs while still holding the lock, so a request arriving after the switch is
     /// served only after every parked one.
+    /// Whether this file logs its own mode changes and parked requests.
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+
     pub fn set_mode(&self, mode: Mode) -> usize {
         let mut st = self.lock();
         let old = st.mode;
@@ -147,12 +159,7 @@ impl FaultShared {
         }
         drop(st);
         if self.verbose {
-            eprintln!(
-                "faultyfs: {} mode {} -> {} (released {released})",
-                timestamp(),
-                old.name(),
-                mode.name()
-            );
+            log_mode_change(old, mode, released);
         }
         released
     }
@@ -327,4 +334,14 @@ impl Drop for FaultFile {
     fn drop(&mut self) {
         self.unmount(Duration::from_secs(10));
     }
+}
+
+/// The line a mode change prints on stderr (faultyfs always prints it; the gameday when verbose).
+pub fn log_mode_change(old: Mode, new: Mode, released: usize) {
+    eprintln!(
+        "faultyfs: {} mode {} -> {} (released {released})",
+        timestamp(),
+        old.name(),
+        new.name()
+    );
 }
