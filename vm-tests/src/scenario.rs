@@ -68,6 +68,20 @@ const NFS_MODULES: &[&str] = &["nfsv4", "nfs", "sunrpc"];
 pub const USERSPACE_SUITE: &str = "bookworm";
 const DM_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm_mod", "xfs"];
 
+/// One XFS on dm-linear over a virtio disk: the EBS scenarios differ only in what they do to it.
+const DM_ONE_DISK: Scenario = Scenario {
+    name: "",
+    modules: DM_MODULES,
+    late_modules: &[],
+    programs: &["/usr/sbin/dmsetup"],
+    debs: &[],
+    deb_programs: &[],
+    disks: &[(512, true)],
+    failing_disk: None,
+    rootfs: false,
+    time_limit_s: 300,
+};
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "nfs-mount-hang",
@@ -125,27 +139,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "ebs-detach",
-        modules: DM_MODULES,
-        late_modules: &[],
-        programs: &["/usr/sbin/dmsetup"],
-        debs: &[],
-        deb_programs: &[],
-        disks: &[(512, true)],
-        failing_disk: None,
-        rootfs: false,
-        time_limit_s: 300,
+        ..DM_ONE_DISK
     },
     Scenario {
         name: "ebs-stall",
-        modules: DM_MODULES,
-        late_modules: &[],
-        programs: &["/usr/sbin/dmsetup"],
-        debs: &[],
-        deb_programs: &[],
-        disks: &[(512, true)],
-        failing_disk: None,
-        rootfs: false,
-        time_limit_s: 300,
+        ..DM_ONE_DISK
     },
     Scenario {
         name: "xfs-shutdown-5.10",
