@@ -68,6 +68,20 @@ const NFS_MODULES: &[&str] = &["nfsv4", "nfs", "sunrpc"];
 pub const USERSPACE_SUITE: &str = "bookworm";
 const DM_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm_mod", "xfs"];
 
+/// The NFS client alone, mounting a blackhole server: the mount-hang scenarios.
+const NFS_CLIENT: Scenario = Scenario {
+    name: "",
+    modules: NFS_MODULES,
+    late_modules: &[],
+    programs: &[],
+    debs: &[],
+    deb_programs: &[],
+    disks: &[],
+    failing_disk: None,
+    rootfs: false,
+    time_limit_s: 300,
+};
+
 /// One XFS on dm-linear over a virtio disk: the EBS scenarios differ only in what they do to it.
 const DM_ONE_DISK: Scenario = Scenario {
     name: "",
@@ -85,27 +99,12 @@ const DM_ONE_DISK: Scenario = Scenario {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "nfs-mount-hang",
-        modules: NFS_MODULES,
-        late_modules: &[],
-        programs: &[],
-        debs: &[],
-        deb_programs: &[],
-        disks: &[],
-        failing_disk: None,
-        rootfs: false,
         time_limit_s: 240,
+        ..NFS_CLIENT
     },
     Scenario {
         name: "efs-parallel-mounts",
-        modules: NFS_MODULES,
-        late_modules: &[],
-        programs: &[],
-        debs: &[],
-        deb_programs: &[],
-        disks: &[],
-        failing_disk: None,
-        rootfs: false,
-        time_limit_s: 300,
+        ..NFS_CLIENT
     },
     Scenario {
         name: "nfs-server-gone",

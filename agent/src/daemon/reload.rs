@@ -81,9 +81,6 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Re-reads the config and publishes it when valid. Returns whether it was applied.
 pub fn reload(source: &ConfigSource, tx: &watch::Sender<Arc<Config>>, shared: &Shared) -> bool {
-    let outcome = |o: &str| OutcomeLabels {
-        outcome: o.to_string(),
-    };
     let origin = source.path().map_or_else(
         || "the embedded default".to_string(),
         |p| p.display().to_string(),
@@ -99,28 +96,33 @@ pub fn reload(source: &ConfigSource, tx: &watch::Sender<Arc<Config>>, shared: &S
                 info!(config = %origin, changed = ?changed, "config reloaded and applied");
             }
             tx.send_replace(Arc::new(new));
-            shared
-                .metrics
-                .config_reloads
-                .get_or_create(&outcome("applied"))
-                .inc();
-            shared.metrics.config_last_reload_successful.set(1);
-            true
+            count_reload(shared, true)
         }
         Err(e) => {
             error!(
                 config = %origin, error = %e,
                 "config reload rejected; the running config stays in effect"
             );
-            shared
-                .metrics
-                .config_reloads
-                .get_or_create(&outcome("rejected"))
-                .inc();
-            shared.metrics.config_last_reload_successful.set(0);
-            false
+            count_reload(shared, false)
         }
     }
+}
+
+/// Counts a reload by its outcome and sets the last-reload gauge; returns whether it applied.
+fn count_reload(shared: &Shared, applied: bool) -> bool {
+    let outcome = if applied { "applied" } else { "rejected" };
+    shared
+        .metrics
+        .config_reloads
+        .get_or_create(&OutcomeLabels {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+    shared
+        .metrics
+        .config_last_reload_successful
+        .set(i64::from(applied));
+    applied
 }
 
 /// Reloads on every SIGHUP until the process ends, telling systemd around each reload.
