@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod gameday;
 pub mod health;
+pub mod metrics;
 pub mod probes;
 pub mod publish;
 pub mod remedy;

@@ -1,5 +1,7 @@
-//! Prometheus metrics (OpenMetrics text from prometheus-client). The families are cheap
-//! handles: the engine updates them, the HTTP handler encodes the registry.
+//! The metrics registry (OpenMetrics text from prometheus-client), a base every stage may
+//! count into, like `config`: the families are cheap handles that the engine, the remedy and
+//! the daemon update and the HTTP handler encodes. Also the fixed table limits ([`limits`])
+//! and the lifetime of series ([`series`]).
 
 use std::sync::{Arc, atomic::AtomicU64};
 
@@ -9,7 +11,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::limits::BoundedTable;
+pub mod limits;
+pub mod series;
+
+use limits::BoundedTable;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct TargetLabels {
