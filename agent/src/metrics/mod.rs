@@ -1,7 +1,8 @@
-//! The metrics registry (OpenMetrics text from prometheus-client), a base every stage may
-//! count into, like `config`: the families are cheap handles that the engine, the remedy and
-//! the daemon update and the HTTP handler encodes. Also the fixed table limits ([`limits`])
-//! and the lifetime of series ([`series`]).
+//! The metrics registry (OpenMetrics text from prometheus-client), a base the stages count
+//! into: the families are cheap handles that the engine, the remedy and the daemon update and
+//! the HTTP handler encodes. Also the fixed table limits ([`limits`]) and the lifetime of
+//! series ([`series`]). Depends on `probes` and `topology` only ([`series::DeviceSeries`] asks
+//! sysfs whether a disk still exists), so every stage from `scan` on may use it.
 
 use std::sync::{Arc, atomic::AtomicU64};
 
