@@ -17,10 +17,10 @@ use bindsto::{
     config::Config,
     health::engine::Engine,
     health::{Kind, Signal, State, Target},
+    metrics::Metrics,
     probes::dev::DevId,
     probes::events::{CorruptWhat, KernelEvent},
-    publish::metrics::Metrics,
-    publish::shared::Shared,
+    publish::{shared::Shared, snapshot::StatusPublisher},
     scan::check::{CheckDone, CheckOutcome, Usage},
     topology::Sysfs,
 };
@@ -182,7 +182,8 @@ impl Harness {
         let engine = Engine::new(
             Arc::new(Config::default()),
             Sysfs::new(sysfs),
-            Arc::clone(&shared),
+            shared.metrics.clone(),
+            Arc::new(StatusPublisher::new(Arc::clone(&shared))),
             tx,
         );
         let mut h = Harness {

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::{health::engine::Engine, publish::metrics::Metrics};
+use crate::{health::engine::Engine, metrics::Metrics};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
@@ -107,7 +107,7 @@ mod tests {
         config::{Config, Watch},
         health::State,
         probes::events::KernelEvent,
-        publish::shared::Shared,
+        publish::{shared::Shared, snapshot::StatusPublisher},
         topology::{Sysfs, parse_mountinfo},
     };
 
@@ -130,7 +130,8 @@ mod tests {
         let mut engine = Engine::new(
             Arc::new(cfg),
             Sysfs::new(sys.path()),
-            Arc::clone(&shared),
+            shared.metrics.clone(),
+            Arc::new(StatusPublisher::new(Arc::clone(&shared))),
             tx,
         );
         let broken = Arc::new(AtomicBool::new(false));

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, ConfigError},
     daemon::service::Service,
-    publish::metrics::OutcomeLabels,
+    metrics::OutcomeLabels,
     publish::shared::Shared,
 };
 
@@ -162,7 +162,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::publish::metrics::Metrics;
+    use crate::metrics::Metrics;
 
     fn shared() -> Shared {
         Shared::new(Metrics::new(), SystemTime::now(), true)

@@ -255,7 +255,7 @@ mod tests {
         .expect("connect");
         let service = Service::with_notifier(notifier);
         let shared = Arc::new(Shared::new(
-            crate::publish::metrics::Metrics::new(),
+            crate::metrics::Metrics::new(),
             std::time::SystemTime::now(),
             true,
         ));

@@ -12,8 +12,9 @@ use crate::{
     config::Config,
     daemon::{in_process, mountinfo::MountTable},
     health::engine::Engine,
+    metrics::Metrics,
     probes::{AttachedProbes, Maps, ProbeState, ProbeStatus, ScanMaps, format, spec::PROGRAMS},
-    publish::{metrics::Metrics, shared::Shared},
+    publish::{shared::Shared, snapshot::StatusPublisher},
     scan::check::CheckDone,
     scan::pathcheck::PathChecker,
     topology::Sysfs,
@@ -148,7 +149,8 @@ pub(super) fn start(cfg: &Arc<Config>) -> Started {
     let mut engine = Engine::new(
         Arc::clone(cfg),
         Sysfs::new("/sys"),
-        Arc::clone(&shared),
+        shared.metrics.clone(),
+        Arc::new(StatusPublisher::new(Arc::clone(&shared))),
         check_tx,
     );
     engine.set_probes(&probe_status);

@@ -12,8 +12,7 @@ use serde_json::Value;
 
 use super::{GamedayError, interrupted};
 use crate::{
-    api, config::Config, daemon::in_process, daemon::run, publish::metrics::Metrics,
-    publish::shared::Shared,
+    api, config::Config, daemon::in_process, daemon::run, metrics::Metrics, publish::shared::Shared,
 };
 
 /// The in-process engine's thresholds: short, so a GameDay takes seconds, not minutes.

@@ -16,7 +16,7 @@ use super::{
     engine::{Engine, log_transition},
 };
 use crate::{
-    publish::metrics,
+    metrics,
     scan::{
         self,
         check::{self, CheckDone},

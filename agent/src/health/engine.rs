@@ -2,15 +2,15 @@
 //!
 //! It runs as one task that reacts to kernel events (as soon as they arrive, [`super::rules`]),
 //! scanner ticks, results of off-thread mount checks ([`super::checks`]) and mount table
-//! changes, then publishes an immutable [`Status`](crate::publish::status::Status) that the
-//! HTTP handlers serve without doing any work themselves. Deciding is left to the stages it
+//! changes, then hands a view of its state ([`EngineView`]) to its [`Publisher`], which makes
+//! the immutable status the HTTP handlers serve without doing any work themselves. Deciding is left to the stages it
 //! calls: `topology::reconcile` says what to observe, the `scan` scanners what is stalled;
 //! the engine applies their verdicts to targets.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -19,18 +19,14 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
-    health::{Kind, Target, Transition},
-    probes::{ProbeStatus, dev::DevId},
-    publish::{
-        metrics::{self, Metrics},
-        series::DeviceSeries,
-        shared::Shared,
-        snapshot::{DeviceView, MountView, Snapshot},
-        status::WatchStatus,
-        target_metrics::TargetSeries,
+    health::{
+        Kind, Target, Transition,
+        view::{DeviceView, EngineView, MountView, Publisher},
     },
+    metrics::{self, Metrics, series::DeviceSeries},
+    probes::{ProbeStatus, dev::DevId},
     scan::{block::ScanProgress, calls::InflightCall, check::CheckDone, stats::KernelStats},
-    topology::{self, MountEntry, Sysfs},
+    topology::{self, MountEntry, Sysfs, reconcile::WatchStatus},
 };
 
 #[cfg(test)]
@@ -77,7 +73,7 @@ pub(super) struct Device {
 pub struct Engine {
     pub(super) cfg: Arc<Config>,
     pub(super) sysfs: Sysfs,
-    shared: Arc<Shared>,
+    publisher: Arc<dyn Publisher>,
     pub(super) metrics: Metrics,
     started_at: SystemTime,
     pub(super) mounts: BTreeMap<PathBuf, Observed>,
@@ -98,15 +94,14 @@ pub struct Engine {
     /// Mounts and devices the last refresh left out at their limit (logged when it changes).
     pub(super) left_out: (usize, usize),
     pub(super) events_lost: u64,
-    /// Behind a lock because `publish` takes `&self`.
-    target_series: Mutex<TargetSeries>,
 }
 
 impl Engine {
     pub fn new(
         cfg: Arc<Config>,
         sysfs: Sysfs,
-        shared: Arc<Shared>,
+        metrics: Metrics,
+        publisher: Arc<dyn Publisher>,
         check_tx: mpsc::UnboundedSender<CheckDone>,
     ) -> Self {
         let now = SystemTime::now();
@@ -117,10 +112,10 @@ impl Engine {
             now,
         );
         Self {
-            metrics: shared.metrics.clone(),
+            metrics,
             cfg,
             sysfs,
-            shared,
+            publisher,
             started_at: now,
             mounts: BTreeMap::new(),
             devices: BTreeMap::new(),
@@ -136,7 +131,6 @@ impl Engine {
             series_devices: DeviceSeries::default(),
             left_out: (0, 0),
             events_lost: 0,
-            target_series: Mutex::default(),
         }
     }
 
@@ -163,7 +157,7 @@ impl Engine {
     // === publishing ===
 
     pub fn publish(&self) {
-        let snapshot = Snapshot {
+        let view = EngineView {
             cfg: &self.cfg,
             started_at: self.started_at,
             mounts: self
@@ -194,7 +188,7 @@ impl Engine {
             probes: &self.probes,
             events_lost: self.events_lost,
         };
-        snapshot.publish(&self.shared, &self.target_series);
+        self.publisher.publish(&view);
     }
 
     /// Names of every mount point currently observed (for tests and `check`).

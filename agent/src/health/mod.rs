@@ -7,14 +7,18 @@
 //!
 //! The [`engine`] folds the evidence into targets: kernel events through [`rules`], mount
 //! checks through [`checks`], scanner verdicts through [`verdicts`] and topology diffs
-//! through [`observe`]. May depend on
-//! `config`, `probes`, `topology` and `scan` (and, for now, hands its output to `publish`).
+//! through [`observe`]. It publishes a view of its state ([`view::EngineView`]) through the
+//! [`view::Publisher`] it is given, so it never names `publish`, which implements that trait.
+//! Times in JSON are formatted by [`timestamp`]. May depend on `config`, `metrics`, `probes`,
+//! `topology` and `scan`.
 
 mod checks;
 pub mod engine;
 mod observe;
 mod rules;
+pub mod timestamp;
 mod verdicts;
+pub mod view;
 
 use std::{collections::BTreeMap, time::SystemTime};
 
@@ -112,7 +116,7 @@ pub struct Reason {
     pub signal: Signal,
     pub detail: String,
     /// When this signal was first raised for the target (RFC 3339 in JSON).
-    #[serde(serialize_with = "crate::publish::status::rfc3339")]
+    #[serde(serialize_with = "crate::health::timestamp::rfc3339")]
     pub at: SystemTime,
 }
 

@@ -15,7 +15,7 @@ use super::{
     engine::{Device, Engine, Observed},
 };
 use crate::{
-    publish::limits::{self, BoundedTable},
+    metrics::limits::{self, BoundedTable},
     scan::block::ScanProgress,
     topology::{self, reconcile},
 };

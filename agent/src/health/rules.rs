@@ -14,13 +14,13 @@ use super::{
     engine::{Engine, log_transition},
 };
 use crate::{
+    metrics::{
+        self, DeviceLabels, Metrics,
+        limits::{self, BoundedTable},
+    },
     probes::{
         dev::DevId,
         events::{self, CorruptWhat, KernelEvent},
-    },
-    publish::{
-        limits::{self, BoundedTable},
-        metrics::{self, DeviceLabels, Metrics},
     },
 };
 

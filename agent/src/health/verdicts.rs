@@ -17,11 +17,11 @@ use super::{
     engine::{Engine, log_transition},
 };
 use crate::{
-    probes::{ScanMaps, dev::DevId},
-    publish::{
+    metrics::{
+        self,
         limits::{self, BoundedTable},
-        metrics,
     },
+    probes::{ScanMaps, dev::DevId},
     scan::{self, block::Disk, stats},
 };
 

@@ -1,13 +1,11 @@
-//! Publish: what the agent tells the world. The `/status` snapshot ([`snapshot`], [`status`]),
-//! the Prometheus metrics and the lifetime of their series ([`metrics`], [`series`],
-//! [`target_metrics`]), the fixed table limits ([`limits`]) and [`shared::Shared`], where the
-//! HTTP side reads it all.
+//! Publish: what the agent tells the world. The `/status` snapshot built from the engine's
+//! view ([`snapshot`]: the engine's `health::view::Publisher`, and [`status`]), the per-target
+//! series ([`target_metrics`]) and [`shared::Shared`], where the HTTP side reads it all with
+//! the metrics registry.
 //!
-//! May depend on `config`, `probes`, `topology`, `scan` and `health`.
+//! May depend on `config`, `metrics`, `probes`, `topology`, `scan` and `health` (its state
+//! types and view); nothing below it depends on this stage.
 
-pub mod limits;
-pub mod metrics;
-pub mod series;
 pub mod shared;
 pub mod snapshot;
 pub mod status;

@@ -6,7 +6,8 @@ use std::{
     time::SystemTime,
 };
 
-use super::{metrics::Metrics, status::Status};
+use super::status::Status;
+use crate::metrics::Metrics;
 
 /// What the HTTP side reads: the last published status and the metrics registry.
 pub struct Shared {

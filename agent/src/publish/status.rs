@@ -1,25 +1,15 @@
-//! The `/status` document and the `/healthz` verdict, built by the engine after every change
-//! and served as-is, so HTTP handlers never compute anything or touch a filesystem.
+//! The `/status` document and the `/healthz` verdict, built from the engine's view after every
+//! change ([`super::snapshot`]) and served as-is, so HTTP handlers never compute anything or touch a filesystem.
 
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-pub use crate::topology::reconcile::WatchStatus;
 use crate::{
-    health::{Reason, State},
+    health::{Reason, State, timestamp::rfc3339},
     probes::ProbeStatus,
+    topology::reconcile::WatchStatus,
 };
-
-pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_time(*t))
-}
-
-pub fn format_time(t: SystemTime) -> String {
-    let odt = time::OffsetDateTime::from(t);
-    odt.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| odt.unix_timestamp().to_string())
-}
 
 fn shared_config<S: Serializer>(
     c: &Option<std::sync::Arc<crate::config::Config>>,
@@ -102,9 +92,4 @@ impl Status {
 pub struct Unhealthy<'a> {
     pub healthy: bool,
     pub failed: Vec<&'a TargetStatus>,
-}
-
-/// Human-readable rendering of a `/status` document (for `bindsto status` and `check`).
-pub fn render_table(doc: &serde_json::Value) -> String {
-    crate::cli::status_table::render(doc)
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::{
     health::State,
-    publish::metrics::{Metrics, ReasonLabels, TargetLabels, target_labels},
-    publish::series::LiveSeries,
+    metrics::series::LiveSeries,
+    metrics::{Metrics, ReasonLabels, TargetLabels, target_labels},
     publish::status::TargetStatus,
 };
 

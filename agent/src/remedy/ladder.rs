@@ -20,7 +20,7 @@ use super::store::{self, Store, StoreError};
 use crate::{
     config::{Config, Remediate},
     health::State,
-    publish::metrics,
+    metrics,
     publish::shared::Shared,
     publish::status::Status,
 };
@@ -177,7 +177,7 @@ impl Ladder {
         if self.store.incidents.len() >= store::HISTORY_MAX {
             self.shared
                 .metrics
-                .count_full(crate::publish::limits::BoundedTable::Incidents, 1);
+                .count_full(crate::metrics::limits::BoundedTable::Incidents, 1);
         }
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -240,7 +240,7 @@ impl Ladder {
                 warn!(
                     incident = %inc.id,
                     max_per_hour = max,
-                    next_allowed = ?next.map(crate::publish::status::format_time),
+                    next_allowed = ?next.map(crate::health::timestamp::format_time),
                     "ladder held back: max_per_hour reached"
                 );
                 self.count("ladder", "rate_limited");
@@ -313,7 +313,7 @@ impl Ladder {
                     error!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step failed; continuing with the next");
                 }
                 StepOutcome::HeldByBreaker => {
-                    warn!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, retry_at = ?retry_at.map(crate::publish::status::format_time), "remediation step held back by the fleet breaker");
+                    warn!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, retry_at = ?retry_at.map(crate::health::timestamp::format_time), "remediation step held back by the fleet breaker");
                 }
                 _ => {
                     info!(incident = %inc.id, action = action.name(), outcome = outcome.name(), attempts, took_ms, detail = %detail, "remediation step");
@@ -396,7 +396,7 @@ pub(super) mod tests {
     use crate::{
         config::Action,
         health::{Reason, Signal},
-        publish::metrics::Metrics,
+        metrics::Metrics,
         publish::status::TargetStatus,
     };
 

@@ -6,7 +6,7 @@
 //! a timeout anyway, so a sick root disk cannot stall the ladder. A write that hangs keeps its
 //! thread; until it returns no other write is started (each would hang and hold one more thread,
 //! and cost the ladder another timeout): saves fail at once instead. Depends on `config`,
-//! `topology` (where the state directory lives), `publish::metrics` and `incident`.
+//! `topology` (where the state directory lives), `metrics` and `incident`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use super::incident::Incident;
 use crate::config::Config;
-use crate::publish::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Incidents kept in the file (the newest); a new one beyond it pushes the oldest out, counted
 /// in `bindsto_table_full_total{table="incidents"}`.

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bindsto::{api, api::server as httpd, publish::metrics::Metrics, publish::shared::Shared};
+use bindsto::{api, api::server as httpd, metrics::Metrics, publish::shared::Shared};
 
 /// A server on an ephemeral port, stopped when dropped.
 pub struct Server {

@@ -9,9 +9,11 @@ use super::*;
 use crate::{
     config::Watch,
     health::{Signal, State},
+    metrics::limits::{self, BoundedTable},
     probes::events::KernelEvent,
     publish::{
-        limits::{self, BoundedTable},
+        shared::Shared,
+        snapshot::StatusPublisher,
         status::{Status, TargetStatus},
     },
     scan::check::{CheckOutcome, Usage},
@@ -20,6 +22,7 @@ use crate::{
 struct Fixture {
     _dir: tempfile::TempDir,
     engine: Engine,
+    shared: Arc<Shared>,
     sysfs_root: PathBuf,
     _checks: mpsc::UnboundedReceiver<CheckDone>,
 }
@@ -59,11 +62,19 @@ fn fixture() -> Fixture {
     let metrics = Metrics::new();
     let shared = Arc::new(Shared::new(metrics, SystemTime::now(), true));
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut engine = Engine::new(Arc::new(cfg), Sysfs::new(&root), shared, tx);
+    let publisher = Arc::new(StatusPublisher::new(Arc::clone(&shared)));
+    let mut engine = Engine::new(
+        Arc::new(cfg),
+        Sysfs::new(&root),
+        shared.metrics.clone(),
+        publisher,
+        tx,
+    );
     engine.refresh_topology(&mountinfo(30), &|_| Some(true));
     Fixture {
         _dir: dir,
         engine,
+        shared,
         sysfs_root: root,
         _checks: rx,
     }
@@ -78,7 +89,7 @@ fn target<'a>(s: &'a Status, kind: &str, id: &str) -> &'a TargetStatus {
 
 fn status(f: &Fixture) -> Arc<Status> {
     f.engine.publish();
-    f.engine.shared.status()
+    f.shared.status()
 }
 
 #[test]

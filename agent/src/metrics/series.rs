@@ -2,14 +2,14 @@
 //! series, and whatever leaves it has its series removed, so `/metrics` neither keeps a cleared
 //! value at its last reading nor grows with every target and disk the host ever had.
 //!
-//! Users: per-target series ([`TargetSeries`](super::target_metrics::TargetSeries), replaced at
+//! Users: per-target series (`publish::target_metrics::TargetSeries`, replaced at
 //! every publish) and per-device series ([`DeviceSeries`], at every topology refresh).
 
 use std::collections::BTreeMap;
 
 use super::{
+    DeviceLabels, Metrics, device_labels,
     limits::{self, BoundedTable},
-    metrics::{DeviceLabels, Metrics, device_labels},
 };
 use crate::{probes::dev::DevId, topology::Sysfs};
 

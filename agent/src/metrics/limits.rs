@@ -1,6 +1,6 @@
 //! Fixed limits of every in-process table that grows with what the host does (mounts,
 //! devices, mount calls, metric label sets), and the names of those tables. What a limit
-//! leaves out is counted with [`Metrics::count_full`](crate::publish::metrics::Metrics::count_full).
+//! leaves out is counted with [`Metrics::count_full`](crate::metrics::Metrics::count_full).
 //!
 //! A watchdog must stay small on the busiest host it runs on: whatever the input, each table
 //! holds at most its limit, and anything dropped at the limit is counted in
@@ -59,7 +59,7 @@ impl BoundedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::metrics::Metrics;
+    use crate::metrics::Metrics;
 
     #[test]
     fn every_table_has_a_zero_series_and_counts_drops() {

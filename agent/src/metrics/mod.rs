@@ -1,5 +1,8 @@
-//! Prometheus metrics (OpenMetrics text from prometheus-client). The families are cheap
-//! handles: the engine updates them, the HTTP handler encodes the registry.
+//! The metrics registry (OpenMetrics text from prometheus-client), a base the stages count
+//! into: the families are cheap handles that the engine, the remedy and the daemon update and
+//! the HTTP handler encodes. Also the fixed table limits ([`limits`]) and the lifetime of
+//! series ([`series`]). Depends on `probes` and `topology` only ([`series::DeviceSeries`] asks
+//! sysfs whether a disk still exists), so every stage from `scan` on may use it.
 
 use std::sync::{Arc, atomic::AtomicU64};
 
@@ -9,7 +12,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::limits::BoundedTable;
+pub mod limits;
+pub mod series;
+
+use limits::BoundedTable;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct TargetLabels {
