@@ -70,10 +70,14 @@ pub enum Field {
     RpcBeginClientId,
     RpcEndTaskId,
     RpcEndClientId,
+    Ext4ShutdownDev,
+    Ext4ShutdownFlags,
+    Ext4ErrorDev,
+    Ext4ErrorLine,
 }
 
 /// Number of [`Field`] variants.
-pub const FIELD_COUNT: usize = Field::RpcEndClientId as usize + 1;
+pub const FIELD_COUNT: usize = Field::Ext4ErrorLine as usize + 1;
 
 /// Offsets of every [`Field`] plus behaviour flags; one entry in the `OFFSETS` array map.
 #[repr(C)]
@@ -133,6 +137,10 @@ pub enum EventKind {
     BlockError = 7,
     /// `xfs_do_force_shutdown` returned (kprobe fallback); the device is unknown.
     XfsShutdownSomewhere = 8,
+    /// `ext4:ext4_shutdown` (`EXT4_IOC_SHUTDOWN`); `flags` are `EXT4_GOING_FLAGS_*`.
+    Ext4Shutdown = 9,
+    /// `ext4:ext4_error`; `arg` is the source line of the kernel function that reported it.
+    Ext4Error = 10,
 }
 
 impl EventKind {
@@ -146,6 +154,8 @@ impl EventKind {
             6 => Self::XfsGroupCorrupt,
             7 => Self::BlockError,
             8 => Self::XfsShutdownSomewhere,
+            9 => Self::Ext4Shutdown,
+            10 => Self::Ext4Error,
             _ => return None,
         })
     }

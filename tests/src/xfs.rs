@@ -1,4 +1,5 @@
-//! `XfsMount`: an XFS made on a [`FaultyDisk`] and mounted at a fresh temp dir.
+//! `XfsMount`: an XFS (or, with [`XfsMount::ext4`], an ext4) made on a [`FaultyDisk`] and
+//! mounted at a fresh temp dir.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,6 +53,27 @@ impl<'d> XfsMount<'d> {
 
     /// Mounts the XFS already on the disk (no mkfs), e.g. to mount it again after an unmount.
     pub fn mount_existing(disk: &'d FaultyDisk, mount_opts: Option<&str>) -> anyhow::Result<Self> {
+        Self::mount_as(disk, "xfs", mount_opts)
+    }
+
+    /// `mkfs.ext4 -F -q -E nodiscard` on the disk, then `mount -t ext4 [-o <mount_opts>]`. The
+    /// same cleanup applies (`xfs_io -x -c shutdown` works on ext4 too).
+    pub fn ext4(disk: &'d FaultyDisk, mount_opts: Option<&str>) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("mkfs.ext4");
+        cmd.args(["-F", "-q", "-E", "nodiscard"])
+            .arg(disk.loop_dev());
+        let out = run_with_timeout(cmd, Duration::from_secs(120))?;
+        if !out.success() {
+            bail!("mkfs.ext4 failed ({}):\n{}", out.status, out.output);
+        }
+        Self::mount_as(disk, "ext4", mount_opts)
+    }
+
+    fn mount_as(
+        disk: &'d FaultyDisk,
+        fstype: &str,
+        mount_opts: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("bindsto-xfs-")
             .tempdir()
@@ -65,7 +87,7 @@ impl<'d> XfsMount<'d> {
         };
         let dev = disk.loop_dev().to_string_lossy().into_owned();
         let target = m.path.to_string_lossy().into_owned();
-        let mut args = vec!["-t", "xfs"];
+        let mut args = vec!["-t", fstype];
         if let Some(o) = mount_opts {
             args.extend(["-o", o]);
         }

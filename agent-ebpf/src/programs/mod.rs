@@ -2,6 +2,7 @@
 
 mod bio;
 mod block;
+mod ext4;
 mod mounts;
 mod rpc;
 mod xfs;

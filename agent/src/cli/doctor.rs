@@ -254,6 +254,8 @@ fn kernel_before(release: &str, than: (u32, u32)) -> bool {
 fn missing_fix(probe: &str) -> &'static str {
     if probe.starts_with("xfs:") {
         "load the xfs module (it attaches automatically when it appears); xfs_force_shutdown needs kernel >= 5.15 — log-error shutdowns are still confirmed by statx"
+    } else if probe.starts_with("ext4:") {
+        "load the ext4 module (it attaches automatically when it appears); until then ext4 errors are read from /sys/fs/ext4/<dev>/errors_count"
     } else if probe == "block:block_rq_error" {
         "kernel < 6.0: errors are read from block_rq_complete instead (nothing to do)"
     } else if probe.starts_with("syscalls:") {

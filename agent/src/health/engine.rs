@@ -49,6 +49,7 @@ pub(super) struct Observed {
     /// after then (RPC entries older than that are not this mount's stall).
     pub(super) check_started_ns: u64,
     pub(super) answered_since_ns: Option<u64>,
+    pub(super) ext4: super::ext4::Ext4Follow,
 }
 
 impl Observed {

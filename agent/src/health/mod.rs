@@ -2,8 +2,9 @@
 //!
 //! A target's state is derived from its active reasons: each signal has a severity for each
 //! kind of target, and the worst active one wins. Signals are raised by evidence (events,
-//! scans, mount checks) and cleared by evidence of recovery; `xfs_shutdown` is latched until the
-//! mount goes away, because XFS never recovers from a shutdown without an unmount.
+//! scans, mount checks) and cleared by evidence of recovery; `xfs_shutdown` and `fs_shutdown`
+//! are latched until the mount goes away, because neither XFS nor ext4 recovers from a shutdown
+//! (or an aborted journal) without an unmount.
 //!
 //! The [`engine`] folds the evidence into targets: kernel events through [`rules`], mount
 //! checks through [`checks`], scanner verdicts through [`verdicts`] and topology diffs
@@ -14,6 +15,7 @@
 
 mod checks;
 pub mod engine;
+mod ext4;
 mod observe;
 mod rules;
 pub mod timestamp;
@@ -33,16 +35,22 @@ pub enum Signal {
     MountBlocked,
     NfsStall,
     FsFull,
+    /// A filesystem other than XFS shut down or its journal aborted (ext4).
+    FsShutdown,
+    /// ext4 reported errors and stays writable.
+    FsErrors,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 6] = [
+    pub const ALL: [Signal; 8] = [
         Signal::XfsShutdown,
         Signal::IoErrors,
         Signal::IoStall,
         Signal::MountBlocked,
         Signal::NfsStall,
         Signal::FsFull,
+        Signal::FsShutdown,
+        Signal::FsErrors,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,12 +61,14 @@ impl Signal {
             Self::MountBlocked => "mount_blocked",
             Self::NfsStall => "nfs_stall",
             Self::FsFull => "fs_full",
+            Self::FsShutdown => "fs_shutdown",
+            Self::FsErrors => "fs_errors",
         }
     }
 
     /// Latched signals stay until the target itself goes away.
     pub fn latched(self) -> bool {
-        matches!(self, Self::XfsShutdown)
+        matches!(self, Self::XfsShutdown | Self::FsShutdown)
     }
 }
 
@@ -104,9 +114,13 @@ impl Kind {
         match (self, signal) {
             (
                 _,
-                Signal::XfsShutdown | Signal::IoStall | Signal::NfsStall | Signal::MountBlocked,
+                Signal::XfsShutdown
+                | Signal::FsShutdown
+                | Signal::IoStall
+                | Signal::NfsStall
+                | Signal::MountBlocked,
             ) => State::Failed,
-            (_, Signal::IoErrors | Signal::FsFull) => State::Degraded,
+            (_, Signal::IoErrors | Signal::FsFull | Signal::FsErrors) => State::Degraded,
         }
     }
 }

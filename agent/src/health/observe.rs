@@ -74,6 +74,7 @@ impl Engine {
                     check_timeout_reported: false,
                     check_started_ns: 0,
                     answered_since_ns: None,
+                    ext4: Default::default(),
                 },
             );
         }

@@ -71,6 +71,10 @@ impl Engine {
                 warn!(%dev, what, flags, "XFS marked metadata corrupt");
                 self.check_now(self.mounts_on_fs(*dev));
             }
+            KernelEvent::Ext4Shutdown { dev, flags, .. } => {
+                self.on_ext4_shutdown(*dev, *flags, now);
+            }
+            KernelEvent::Ext4Error { dev, line, .. } => self.on_ext4_error(*dev, *line, now),
             KernelEvent::BlockError {
                 dev, error, sector, ..
             } => self.on_block_error(*dev, *error, *sector, now),
@@ -148,8 +152,8 @@ impl Engine {
         name
     }
 
-    /// Mounts whose superblock device is `dev` (XFS events carry `sb->s_dev`).
-    fn mounts_on_fs(&self, dev: DevId) -> Vec<PathBuf> {
+    /// Mounts whose superblock device is `dev` (XFS and ext4 events carry `sb->s_dev`).
+    pub(super) fn mounts_on_fs(&self, dev: DevId) -> Vec<PathBuf> {
         self.mounts
             .iter()
             .filter(|(_, o)| o.entry.dev == dev)
@@ -157,7 +161,13 @@ impl Engine {
             .collect()
     }
 
-    fn raise_mount(&mut self, mp: &Path, signal: Signal, detail: String, now: SystemTime) {
+    pub(super) fn raise_mount(
+        &mut self,
+        mp: &Path,
+        signal: Signal,
+        detail: String,
+        now: SystemTime,
+    ) {
         if let Some(o) = self.mounts.get_mut(mp)
             && let Some(t) = o.target.raise(signal, detail, now)
         {

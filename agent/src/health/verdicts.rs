@@ -223,6 +223,7 @@ impl Engine {
         for mp in mps {
             self.follow_devices(&mp, now);
             self.follow_check(&mp, rpc, now);
+            self.follow_ext4(&mp, now);
         }
     }
 

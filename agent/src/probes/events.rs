@@ -28,6 +28,10 @@ pub enum KernelEvent {
     /// `xfs_do_force_shutdown` returned (kprobe fallback on kernels without the tracepoint);
     /// which filesystem is not known.
     XfsShutdownSomewhere { ts_ns: u64 },
+    /// `ext4:ext4_shutdown` on the filesystem whose superblock device is `dev`.
+    Ext4Shutdown { dev: DevId, flags: u32, ts_ns: u64 },
+    /// `ext4:ext4_error`: ext4 reported an error (`line` in the kernel function that did).
+    Ext4Error { dev: DevId, line: u32, ts_ns: u64 },
     /// A block request failed on the whole disk `dev`.
     BlockError {
         dev: DevId,
@@ -99,6 +103,16 @@ impl KernelEvent {
                 ts_ns,
             },
             EventKind::XfsShutdownSomewhere => Self::XfsShutdownSomewhere { ts_ns },
+            EventKind::Ext4Shutdown => Self::Ext4Shutdown {
+                dev,
+                flags: e.flags,
+                ts_ns,
+            },
+            EventKind::Ext4Error => Self::Ext4Error {
+                dev,
+                line: u32::try_from(e.arg).unwrap_or(u32::MAX),
+                ts_ns,
+            },
             EventKind::BlockError => Self::BlockError {
                 dev,
                 error: e.code,
@@ -114,6 +128,8 @@ impl KernelEvent {
             | Self::XfsBufIoError { dev, .. }
             | Self::XfsAilAbort { dev, .. }
             | Self::XfsCorrupt { dev, .. }
+            | Self::Ext4Shutdown { dev, .. }
+            | Self::Ext4Error { dev, .. }
             | Self::BlockError { dev, .. } => *dev,
             Self::XfsShutdownSomewhere { .. } => DevId::from_kernel(0),
         }
@@ -139,6 +155,16 @@ pub fn shutdown_flags(flags: u32) -> String {
         format!("{flags:#x}")
     } else {
         names.join("|")
+    }
+}
+
+/// Names for `EXT4_GOING_FLAGS_*` (the argument of `EXT4_IOC_SHUTDOWN`).
+pub fn ext4_going_flags(flags: u32) -> &'static str {
+    match flags {
+        0 => "default (freeze, then shut down)",
+        1 => "logflush (journal flushed first)",
+        2 => "nologflush (journal not flushed)",
+        _ => "unknown flags",
     }
 }
 
@@ -209,6 +235,40 @@ mod tests {
             }
         ));
         assert!(errno_name(-5).contains("EIO"));
+    }
+
+    #[test]
+    fn decodes_ext4_events() {
+        let shutdown = Event {
+            kind: EventKind::Ext4Shutdown as u32,
+            dev: (7 << 20) | 2,
+            flags: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            KernelEvent::decode(&bytes(&shutdown)).unwrap(),
+            KernelEvent::Ext4Shutdown {
+                dev: DevId { major: 7, minor: 2 },
+                flags: 2,
+                ts_ns: 0
+            }
+        );
+        let error = Event {
+            kind: EventKind::Ext4Error as u32,
+            dev: (259 << 20) | 4,
+            arg: 129,
+            ..Default::default()
+        };
+        let got = KernelEvent::decode(&bytes(&error)).unwrap();
+        assert!(matches!(got, KernelEvent::Ext4Error { line: 129, .. }));
+        assert_eq!(
+            got.dev(),
+            DevId {
+                major: 259,
+                minor: 4
+            }
+        );
+        assert!(ext4_going_flags(2).starts_with("nologflush"));
     }
 
     #[test]

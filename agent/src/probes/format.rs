@@ -413,6 +413,39 @@ mod tests {
     const ENTER_FSCONFIG_618: &str = fixture!("6.18/syscalls/sys_enter_fsconfig");
     const RQ_ISSUE_61: &str = fixture!("6.1/block/block_rq_issue");
     const RQ_COMPLETE_61: &str = fixture!("6.1/block/block_rq_complete");
+    const EXT4: &[(&str, &str)] = &[
+        (
+            fixture!("6.18/ext4/ext4_shutdown"),
+            fixture!("6.18/ext4/ext4_error"),
+        ),
+        (
+            fixture!("6.12/ext4/ext4_shutdown"),
+            fixture!("6.12/ext4/ext4_error"),
+        ),
+        (
+            fixture!("6.1/ext4/ext4_shutdown"),
+            fixture!("6.1/ext4/ext4_error"),
+        ),
+        (
+            fixture!("5.10/ext4/ext4_shutdown"),
+            fixture!("5.10/ext4/ext4_error"),
+        ),
+    ];
+
+    #[test]
+    fn ext4_shutdown_and_error_on_every_kernel_line() {
+        for (shutdown, error) in EXT4 {
+            let f = parse(shutdown).unwrap();
+            assert_eq!(f.name, "ext4_shutdown");
+            assert_common(&f);
+            assert_eq!(at(&f, "dev"), (8, 4));
+            assert_eq!(at(&f, "flags"), (12, 4));
+            let f = parse(error).unwrap();
+            assert_eq!(f.name, "ext4_error");
+            assert_eq!(at(&f, "dev"), (8, 4));
+            assert_eq!(at(&f, "line"), (24, 4));
+        }
+    }
 
     /// (offset, size) of a field, panicking with the event name if it is missing.
     fn at(f: &EventFormat, name: &str) -> (u16, u16) {

@@ -96,10 +96,10 @@ fn raise_memlock() {
     }
 }
 
-/// Why a tracepoint is absent: events of modules (xfs, sunrpc) appear only once it loads.
+/// Why a tracepoint is absent: events of modules (xfs, ext4, sunrpc) appear only once it loads.
 fn missing_detail(system: &str) -> String {
     match system {
-        "xfs" | "sunrpc" => format!(
+        "xfs" | "ext4" | "sunrpc" => format!(
             "tracepoint not present: module {system} not loaded (retried every pass) or not in this kernel"
         ),
         _ => "tracepoint not present on this kernel".into(),

@@ -111,6 +111,25 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         }],
     },
     ProgramSpec {
+        program: "ext4_shutdown",
+        tracepoints: &[tp(
+            "ext4",
+            "ext4_shutdown",
+            &[
+                (Field::Ext4ShutdownDev, "dev"),
+                (Field::Ext4ShutdownFlags, "flags"),
+            ],
+        )],
+    },
+    ProgramSpec {
+        program: "ext4_error",
+        tracepoints: &[tp(
+            "ext4",
+            "ext4_error",
+            &[(Field::Ext4ErrorDev, "dev"), (Field::Ext4ErrorLine, "line")],
+        )],
+    },
+    ProgramSpec {
         program: "block_rq_issue",
         tracepoints: &[tp(
             "block",

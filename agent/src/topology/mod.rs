@@ -11,6 +11,7 @@
 //! filesystem: mountinfo and sysfs are kernel-generated, and [`mount_for_path`] is purely
 //! lexical.
 
+pub mod ext4;
 pub mod mountinfo;
 pub mod reconcile;
 pub mod sysfs;

@@ -369,3 +369,65 @@ fn the_limit_counters_start_at_zero() {
         assert_eq!(table_full(&f, t.name()), 0);
     }
 }
+
+// Scans start mount checks, which need a runtime.
+#[tokio::test]
+async fn ext4_errors_degrade_from_the_counters_and_a_shutdown_fails() {
+    let mut f = fixture();
+    // A mount id no real mount of the test process has: the confirmation reads mountinfo.
+    let ext4 = mountinfo(4_000_000).replace("xfs /dev/loop0", "ext4 /dev/loop0");
+    f.engine.refresh_topology(&ext4, &|_| Some(true));
+    let counters = f.sysfs_root.join("fs/ext4/loop0");
+    fs::create_dir_all(&counters).unwrap();
+    fs::write(counters.join("errors_count"), "3\n").unwrap();
+    f.engine.scan(None);
+    // Errors of earlier mounts are the baseline.
+    assert_eq!(
+        target(&status(&f), "mount", "/mnt/data").state,
+        State::Healthy
+    );
+    fs::write(counters.join("errors_count"), "4\n").unwrap();
+    fs::write(counters.join("last_error_func"), "ext4_lookup\n").unwrap();
+    fs::write(counters.join("last_error_time"), "1796164560\n").unwrap();
+    f.engine.scan(None);
+    let s = status(&f);
+    let t = target(&s, "mount", "/mnt/data");
+    assert_eq!(t.state, State::Degraded);
+    assert_eq!(t.reasons[0].signal, Signal::FsErrors);
+    assert!(
+        t.reasons[0].detail.contains("ext4_lookup"),
+        "{:?}",
+        t.reasons
+    );
+    assert!(s.healthy, "errors that leave ext4 writable only degrade");
+
+    f.engine.on_event(&KernelEvent::Ext4Shutdown {
+        dev: LOOP0,
+        flags: 2,
+        ts_ns: 0,
+    });
+    let s = status(&f);
+    let t = target(&s, "mount", "/mnt/data");
+    assert_eq!(t.state, State::Failed);
+    assert!(
+        t.reasons
+            .iter()
+            .any(|r| r.signal == Signal::FsShutdown && r.detail.contains("nologflush"))
+    );
+    assert!(!s.healthy);
+}
+
+// Scans start mount checks, which need a runtime.
+#[tokio::test]
+async fn ext4_stopped_before_the_agent_started_fails_from_the_super_options() {
+    let mut f = fixture();
+    let ext4 = mountinfo(4_000_001).replace("xfs /dev/loop0 rw", "ext4 /dev/loop0 rw,shutdown");
+    f.engine.refresh_topology(&ext4, &|_| Some(true));
+    f.engine.scan(None);
+    let s = status(&f);
+    let t = target(&s, "mount", "/mnt/data");
+    assert_eq!(
+        (t.state, t.reasons[0].signal),
+        (State::Failed, Signal::FsShutdown)
+    );
+}
