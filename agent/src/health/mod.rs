@@ -13,6 +13,7 @@
 mod checks;
 pub mod engine;
 mod observe;
+mod once;
 mod rules;
 mod verdicts;
 
