@@ -205,7 +205,11 @@ fn a_shutdown_seen_by_check_and_event_counts_once_in_either_order() {
     // The check first (EIO before the event is read), then the event.
     let mut f = fixture();
     f.engine.on_check_done(check_of(30, Err(Errno::EIO), None));
-    assert_eq!(shutdowns_counted(&f), 0, "a confirmation waits for its event");
+    assert_eq!(
+        shutdowns_counted(&f),
+        0,
+        "a confirmation waits for its event"
+    );
     f.engine.on_event(&shutdown_event());
     f.engine.count_unevented_shutdowns(u64::MAX);
     assert_eq!(shutdowns_counted(&f), 1);
