@@ -94,6 +94,8 @@ const TEST_PACKAGES: &[&str] = &[
     "kmod",
     "util-linux",
     "bpftool",
+    // exactly_once counts block errors with a program of its own, independently of the agent.
+    "bpftrace",
     // vm-test: TCG guests, their busybox userland, initramfs, module decompression, dm, the
     // systemd guest's root filesystem (debootstrap, mkfs.ext4 -d).
     "qemu-system-x86",

@@ -83,15 +83,18 @@ impl Engine {
         };
         o.check_since = None;
         let mut transitions = Vec::new();
-        let mut shutdown_dev = None;
         match outcome.statx {
-            // Already known (from the tracepoint): keep that more precise reason.
-            Err(Errno::EIO) if o.entry.fstype == "xfs" && !o.target.has(Signal::XfsShutdown) => {
-                let detail = "statx of the mount root fails with EIO: the filesystem is shut down"
-                    .to_string();
-                transitions.extend(o.target.raise(Signal::XfsShutdown, detail, now));
-                warn!(mount = %done.mount_point.display(), "XFS shutdown confirmed by statx (EIO)");
-                shutdown_dev = Some(o.entry.dev);
+            Err(Errno::EIO) if o.entry.fstype == "xfs" => {
+                // Counted once with its event, or alone if that never comes (see `once`).
+                (self.shutdowns).confirmed(o.entry.dev, o.entry.mount_id, scan::monotonic_ns());
+                // Already known (from the tracepoint): keep that more precise reason.
+                if !o.target.has(Signal::XfsShutdown) {
+                    let detail =
+                        "statx of the mount root fails with EIO: the filesystem is shut down"
+                            .to_string();
+                    transitions.extend(o.target.raise(Signal::XfsShutdown, detail, now));
+                    warn!(mount = %done.mount_point.display(), "XFS shutdown confirmed by statx (EIO)");
+                }
             }
             Err(e) if o.is_nfs() && matches!(e, Errno::EIO | Errno::ETIMEDOUT | Errno::ESTALE) => {
                 transitions.extend(o.target.raise(
@@ -132,7 +135,12 @@ impl Engine {
         for t in transitions {
             log_transition(&o.target, &t);
         }
-        if let Some(dev) = shutdown_dev {
+    }
+
+    /// Counts the confirmed shutdowns whose event did not come within the grace.
+    pub(super) fn count_unevented_shutdowns(&mut self, now_ns: u64) {
+        for dev in self.shutdowns.expire(now_ns) {
+            warn!(%dev, "XFS shutdown confirmed by statx without its event; counted from the check");
             self.count_shutdown(dev);
         }
     }

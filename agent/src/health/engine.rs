@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     health::{
         Kind, Target, Transition,
+        once::ShutdownLedger,
         view::{DeviceView, EngineView, MountView, Publisher},
     },
     metrics::{self, Metrics, series::DeviceSeries},
@@ -90,6 +91,8 @@ pub struct Engine {
     pub(super) kernel_stats: KernelStats,
     /// Names of disks outside the observed mounts that reported errors.
     pub(super) other_names: BTreeMap<DevId, String>,
+    /// Which XFS shutdowns were counted, so two paths to one count once.
+    pub(super) shutdowns: ShutdownLedger,
     /// Per-device series, removed when they stop applying.
     pub(super) series_devices: DeviceSeries,
     /// Mounts and devices the last refresh left out at their limit (logged when it changes).
@@ -129,6 +132,7 @@ impl Engine {
             checks_max: CHECKS_OUTSTANDING_MAX,
             kernel_stats: KernelStats::default(),
             other_names: BTreeMap::new(),
+            shutdowns: ShutdownLedger::default(),
             series_devices: DeviceSeries::default(),
             left_out: (0, 0),
             events_lost: 0,

@@ -17,6 +17,7 @@ mod checks;
 pub mod engine;
 mod ext4;
 mod observe;
+mod once;
 mod rules;
 pub mod timestamp;
 mod verdicts;

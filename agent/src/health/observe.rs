@@ -47,6 +47,7 @@ impl Engine {
         self.watches = plan.watches;
         self.left_out.0 = plan.left_out;
         self.metrics.count_full(BoundedTable::Mounts, plan.left_out);
+        (self.shutdowns).retain(&entries.iter().map(|e| (e.mount_id, e.dev)).collect());
         let current = self
             .mounts
             .iter()

@@ -36,6 +36,12 @@ impl Engine {
                     events::shutdown_flags(*flags)
                 );
                 warn!(%dev, flags = %events::shutdown_flags(*flags), ptag, "XFS shutdown");
+                // The kernel fires this once per filesystem: it always counts (see `once`).
+                let ids: Vec<u32> = (self.mounts.values())
+                    .filter(|o| o.entry.dev == *dev)
+                    .map(|o| o.entry.mount_id)
+                    .collect();
+                self.shutdowns.event(*dev, &ids);
                 self.count_shutdown(*dev);
                 for mp in self.mounts_on_fs(*dev) {
                     self.raise_mount(&mp, Signal::XfsShutdown, detail.clone(), now);
@@ -121,7 +127,7 @@ impl Engine {
         let observed = self.devices.contains_key(&name);
         if self
             .series_devices
-            .admit(&self.metrics, &name, dev, observed)
+            .admit(&self.metrics, &self.sysfs, &name, dev, observed)
         {
             family(&self.metrics)
                 .get_or_create(&metrics::device_labels(&name))

@@ -94,6 +94,7 @@ impl Engine {
         if let Some(stats) = stats {
             self.apply_kernel_stats(stats);
         }
+        self.count_unevented_shutdowns(now_ns);
         self.metrics.scans.inc();
         self.metrics
             .scan_duration

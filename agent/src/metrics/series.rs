@@ -11,7 +11,10 @@ use super::{
     DeviceLabels, Metrics, device_labels,
     limits::{self, BoundedTable},
 };
-use crate::{probes::dev::DevId, topology::Sysfs};
+use crate::{
+    probes::dev::DevId,
+    topology::{BlockDevice, Sysfs},
+};
 
 /// Keys with live series (and a value remembered with each).
 #[derive(Debug)]
@@ -73,14 +76,22 @@ impl<K: Ord + Clone, V> LiveSeries<K, V> {
 #[derive(Debug, Default)]
 pub struct DeviceSeries {
     gauges: LiveSeries<String>,
-    counters: LiveSeries<String, DevId>,
+    /// With the disk's `diskseq`, which a loop device reattached under the same name changes.
+    counters: LiveSeries<String, (DevId, Option<u64>)>,
     /// Counter series of disks that are not observed (what the limit bounds).
     others: usize,
 }
 
 impl DeviceSeries {
     /// Whether the disk `name` may have its own counter series; counted when the limit says no.
-    pub fn admit(&mut self, metrics: &Metrics, name: &str, dev: DevId, observed: bool) -> bool {
+    pub fn admit(
+        &mut self,
+        metrics: &Metrics,
+        sysfs: &Sysfs,
+        name: &str,
+        dev: DevId,
+        observed: bool,
+    ) -> bool {
         if self.counters.contains(&name.to_string()) {
             return true;
         }
@@ -91,13 +102,15 @@ impl DeviceSeries {
             }
             self.others += 1;
         }
-        self.counters.insert(name.to_string(), dev);
+        let seq = sysfs.block_device(dev).and_then(|b| diskseq(&b));
+        self.counters.insert(name.to_string(), (dev, seq));
         true
     }
 
-    /// After a topology refresh: the gauges of devices no longer observed go, and so do the
-    /// counters of disks that are neither observed nor present in sysfs any more (a detached
-    /// loop device, a removed volume).
+    /// At every topology refresh (a mount table change, at the latest every 30 s): the gauges
+    /// of devices no longer observed go, and so do the counters of disks that are neither
+    /// observed nor present in sysfs any more (a detached or reattached loop device, a removed
+    /// volume).
     pub fn refresh(
         &mut self,
         metrics: &Metrics,
@@ -110,16 +123,18 @@ impl DeviceSeries {
             metrics.inflight_oldest.remove(&l);
             metrics.inflight_requests.remove(&l);
         });
-        let present = |name: &String, dev: &DevId| {
+        let present = |name: &String, (dev, seq): &(DevId, Option<u64>)| {
             sysfs.block_device(*dev).is_some_and(|b| {
-                // A detached loop device keeps its sysfs entry, with no size.
+                // A detached loop device keeps its sysfs entry, with no size; one attached
+                // again (another disk under the same name) has a new diskseq.
                 &b.name == name
                     && !std::fs::read_to_string(b.sysfs_dir.join("size"))
                         .is_ok_and(|s| s.trim() == "0")
+                    && diskseq(&b) == *seq
             })
         };
         self.counters.retain(
-            |name, dev| observed.contains_key(name) || present(name, dev),
+            |name, v| observed.contains_key(name) || present(name, v),
             |name| {
                 let l: DeviceLabels = device_labels(name);
                 metrics.block_io_errors.remove(&l);
@@ -137,4 +152,10 @@ impl DeviceSeries {
     pub fn is_empty(&self) -> bool {
         self.others == 0
     }
+}
+
+/// The kernel's sequence number of the disk (`diskseq`, 5.15+), new at every loop attach.
+fn diskseq(b: &BlockDevice) -> Option<u64> {
+    let text = std::fs::read_to_string(b.sysfs_dir.join("diskseq")).ok()?;
+    text.trim().parse().ok()
 }

@@ -194,6 +194,63 @@ fn statx_eio_confirms_a_shutdown_and_remount_starts_fresh() {
     assert!(s.healthy);
 }
 
+fn shutdowns_counted(f: &Fixture) -> u64 {
+    f.engine
+        .metrics
+        .xfs_shutdowns
+        .get_or_create(&metrics::device_labels("loop0"))
+        .get()
+}
+
+fn shutdown_event() -> KernelEvent {
+    KernelEvent::XfsShutdown {
+        dev: LOOP0,
+        ptag: 0x40,
+        flags: 0x6,
+        ts_ns: 0,
+    }
+}
+
+#[test]
+fn a_shutdown_seen_by_check_and_event_counts_once_in_either_order() {
+    // The check first (EIO before the event is read), then the event.
+    let mut f = fixture();
+    f.engine.on_check_done(check_of(30, Err(Errno::EIO), None));
+    assert_eq!(
+        shutdowns_counted(&f),
+        0,
+        "a confirmation waits for its event"
+    );
+    f.engine.on_event(&shutdown_event());
+    f.engine.count_unevented_shutdowns(u64::MAX);
+    assert_eq!(shutdowns_counted(&f), 1);
+    // The event first, then the check.
+    let mut f = fixture();
+    f.engine.on_event(&shutdown_event());
+    f.engine.on_check_done(check_of(30, Err(Errno::EIO), None));
+    f.engine.count_unevented_shutdowns(u64::MAX);
+    assert_eq!(shutdowns_counted(&f), 1);
+    // A reload keeps the mount (same id): still one.
+    f.engine.set_config(Arc::clone(&f.engine.cfg));
+    f.engine.refresh_topology(&mountinfo(30), &|_| Some(true));
+    f.engine.on_check_done(check_of(30, Err(Errno::EIO), None));
+    f.engine.count_unevented_shutdowns(u64::MAX);
+    assert_eq!(shutdowns_counted(&f), 1);
+    // A remount whose shutdown event is read before the mount table shows it: two in all.
+    f.engine.on_event(&shutdown_event());
+    f.engine.refresh_topology(&mountinfo(40), &|_| Some(true));
+    f.engine.on_check_done(check_of(40, Err(Errno::EIO), None));
+    f.engine.count_unevented_shutdowns(u64::MAX);
+    assert_eq!(shutdowns_counted(&f), 2);
+    // A confirmation whose event never comes counts once its grace is over.
+    f.engine.refresh_topology(&mountinfo(50), &|_| Some(true));
+    f.engine.on_check_done(check_of(50, Err(Errno::EIO), None));
+    f.engine.count_unevented_shutdowns(0);
+    assert_eq!(shutdowns_counted(&f), 2);
+    f.engine.count_unevented_shutdowns(u64::MAX);
+    assert_eq!(shutdowns_counted(&f), 3);
+}
+
 #[test]
 fn full_filesystem_degrades_and_clears() {
     let mut f = fixture();
@@ -354,8 +411,20 @@ async fn error_series_of_unknown_disks_are_bounded_and_removed_when_they_go() {
     let without_data = "22 1 254:0 / / rw - ext4 /dev/vda rw\n";
     f.engine.refresh_topology(without_data, &|_| Some(true));
     assert_eq!(series(&f.engine.metrics.encode()), 1);
-    // ...and goes with it (a detached loop device keeps its directory with size 0).
+    // ...but not with another disk attached under its name (a new diskseq)...
     let dir = f.sysfs_root.join("devices/virtual/block/loop0");
+    fs::write(dir.join("diskseq"), "8\n").unwrap();
+    f.engine.refresh_topology(without_data, &|_| Some(true));
+    assert_eq!(series(&f.engine.metrics.encode()), 0);
+    f.engine.on_event(&KernelEvent::BlockError {
+        dev: LOOP0,
+        error: -5,
+        sector: 0,
+        ts_ns: 0,
+    });
+    f.engine.refresh_topology(without_data, &|_| Some(true));
+    assert_eq!(series(&f.engine.metrics.encode()), 1);
+    // ...and goes with it (a detached loop device keeps its directory with size 0).
     fs::write(dir.join("size"), "0\n").unwrap();
     f.engine.refresh_topology(without_data, &|_| Some(true));
     assert_eq!(series(&f.engine.metrics.encode()), 0);
