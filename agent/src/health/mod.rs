@@ -29,16 +29,20 @@ pub enum Signal {
     MountBlocked,
     NfsStall,
     FsFull,
+    NotMounted,
+    ReadOnly,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 6] = [
+    pub const ALL: [Signal; 8] = [
         Signal::XfsShutdown,
         Signal::IoErrors,
         Signal::IoStall,
         Signal::MountBlocked,
         Signal::NfsStall,
         Signal::FsFull,
+        Signal::NotMounted,
+        Signal::ReadOnly,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +53,8 @@ impl Signal {
             Self::MountBlocked => "mount_blocked",
             Self::NfsStall => "nfs_stall",
             Self::FsFull => "fs_full",
+            Self::NotMounted => "not_mounted",
+            Self::ReadOnly => "read_only",
         }
     }
 
@@ -100,7 +106,12 @@ impl Kind {
         match (self, signal) {
             (
                 _,
-                Signal::XfsShutdown | Signal::IoStall | Signal::NfsStall | Signal::MountBlocked,
+                Signal::XfsShutdown
+                | Signal::IoStall
+                | Signal::NfsStall
+                | Signal::MountBlocked
+                | Signal::NotMounted
+                | Signal::ReadOnly,
             ) => State::Failed,
             (_, Signal::IoErrors | Signal::FsFull) => State::Degraded,
         }

@@ -41,6 +41,8 @@ pub struct Snapshot<'a> {
     pub cfg: &'a Arc<Config>,
     pub started_at: SystemTime,
     pub mounts: Vec<MountView<'a>>,
+    /// Watches failed for want of a mount at their path: no device, no fstype.
+    pub unmounted: Vec<&'a Target>,
     pub devices: Vec<DeviceView<'a>>,
     pub subsystem: &'a Target,
     pub blocked: &'a [InflightCall],
@@ -71,6 +73,7 @@ impl Snapshot<'_> {
                 )
             })
             .collect();
+        targets.extend(self.unmounted.iter().map(|t| target_status(t, None, None)));
         targets.extend(
             self.devices
                 .iter()
