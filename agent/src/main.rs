@@ -94,7 +94,8 @@ enum Command {
     /// any miss.
     #[command(after_long_help = help::GAMEDAY)]
     Gameday {
-        /// A scenario (xfs-shutdown, disk-errors, disk-stall, mount-hang, recovery) or `all`.
+        /// A scenario (xfs-shutdown, disk-errors, disk-stall, mount-hang, recovery, unmount,
+        /// read-only) or `all`.
         #[arg(long, default_value = "all")]
         scenario: Vec<String>,
         /// Print the report as JSON.

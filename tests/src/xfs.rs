@@ -130,6 +130,37 @@ impl<'d> XfsMount<'d> {
         .map(|_| ())
     }
 
+    /// `umount -l` of our mount (a watched mount vanishing while in use); the mount point
+    /// stays, so [`XfsMount::mount_again`] can mount the disk there again.
+    pub fn unmount_lazy(&self) -> anyhow::Result<()> {
+        if !self.is_mounted() {
+            bail!("{} is not mounted", self.path.display());
+        }
+        let p = self.path.to_string_lossy().into_owned();
+        run_cmd("umount", &["-l", &p], Duration::from_secs(30)).map(|_| ())
+    }
+
+    /// Mounts the disk again at the same mount point (after [`XfsMount::unmount_lazy`]).
+    pub fn mount_again(&self) -> anyhow::Result<()> {
+        let dev = self.disk.loop_dev().to_string_lossy().into_owned();
+        let p = self.path.to_string_lossy().into_owned();
+        run_cmd("mount", &["-t", "xfs", &dev, &p], Duration::from_secs(60))?;
+        if !self.is_mounted() {
+            bail!("mount {dev} {p} succeeded but mountinfo does not show it");
+        }
+        Ok(())
+    }
+
+    /// `mount -o remount,<opts>` of our mount, e.g. `ro` or `rw`.
+    pub fn remount(&self, opts: &str) -> anyhow::Result<()> {
+        if !self.is_mounted() {
+            bail!("{} is not mounted", self.path.display());
+        }
+        let p = self.path.to_string_lossy().into_owned();
+        let o = format!("remount,{opts}");
+        run_cmd("mount", &["-o", &o, &p], Duration::from_secs(30)).map(|_| ())
+    }
+
     /// Unmounts now (same steps as Drop) and reports whether it worked.
     pub fn unmount(mut self) -> anyhow::Result<()> {
         self.cleanup();

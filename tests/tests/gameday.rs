@@ -117,7 +117,7 @@ fn all_scenarios_pass_with_an_in_process_engine_and_leave_nothing() {
     let report = json_of(&out.output);
     assert_eq!(report["observer"], "in-process engine", "{report:#}");
     assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["results"].as_array().map(Vec::len), Some(5));
+    assert_eq!(report["results"].as_array().map(Vec::len), Some(7));
     for r in report["results"].as_array().unwrap() {
         assert_eq!(r["passed"], true, "{r:#}");
         eprintln!(
@@ -129,6 +129,10 @@ fn all_scenarios_pass_with_an_in_process_engine_and_leave_nothing() {
     // The bounds the issue sets: an XFS shutdown well under a second, stalls and blocked
     // mounts at most a scan (250 ms) after their 3 s threshold (plus slack for the writer).
     assert!(latency_ms(result(&report, "xfs-shutdown")) < 1000.0);
+    // Mount-table changes are event-driven: within one scan.
+    for s in ["unmount", "read-only"] {
+        assert!(latency_ms(result(&report, s)) < 1000.0, "{s}: {report:#}");
+    }
     assert!(latency_ms(result(&report, "disk-errors")) < 2000.0);
     assert!(
         result(&report, "disk-errors")["detected"]

@@ -87,7 +87,9 @@ over FUSE by this process, a loop device over it and XFS on that, in a new direc
 --workdir (refused if it is a device, a missing directory or a mount other than tmpfs).
 Scenarios: xfs-shutdown (xfs_io shutdown), disk-errors (the disk fails writes; detected through
 the log-error path without the shutdown tracepoint), disk-stall (I/O parked), mount-hang (a
-mount of the parked disk), recovery (a stall released). Each is injected, the verdict awaited
+mount of the parked disk), recovery (a stall released), unmount (umount -l of the watched XFS:
+not_mounted), read-only (remount,ro: read_only; these two always use an engine in this process,
+whose critical watch is on the scratch path). Each is injected, the verdict awaited
 from the agent at --addr (or, if none answers, an engine in this process), its latency measured,
 and everything restored and removed, also on Ctrl-C or SIGTERM.
 

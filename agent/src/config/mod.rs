@@ -94,6 +94,8 @@ impl Default for Config {
                 path: PathBuf::from("/var/lib/docker"),
                 critical: true,
                 require_mountpoint: true,
+                must_be_mounted: false,
+                read_only_ok: false,
             }],
             remediate: Remediate::default(),
         }
@@ -311,11 +313,15 @@ path = "/data"
                     path: "/var/lib/docker".into(),
                     critical: true,
                     require_mountpoint: true,
+                    must_be_mounted: false,
+                    read_only_ok: false,
                 },
                 Watch {
                     path: "/data".into(),
                     critical: false,
                     require_mountpoint: false,
+                    must_be_mounted: false,
+                    read_only_ok: false,
                 },
             ],
             remediate: Remediate::default(),
@@ -332,6 +338,8 @@ path = "/data"
                 path: "/srv".into(),
                 critical: false,
                 require_mountpoint: false,
+                must_be_mounted: false,
+                read_only_ok: false,
             }]
         );
         // Inline form too.

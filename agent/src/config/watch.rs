@@ -16,8 +16,17 @@ pub struct Watch {
     pub path: PathBuf,
     #[serde(default)]
     pub critical: bool,
+    /// Only a mount at `path` itself is watched, never the one containing it; while there is
+    /// none the watch waits.
     #[serde(default)]
     pub require_mountpoint: bool,
+    /// Like `require_mountpoint`, but no mount at `path` fails the watch (`not_mounted`) from
+    /// the start instead of waiting: nothing mounted there means the runtime writes elsewhere.
+    #[serde(default)]
+    pub must_be_mounted: bool,
+    /// The mount is meant to be read-only: `read_only` is not raised for this watch.
+    #[serde(default)]
+    pub read_only_ok: bool,
 }
 
 /// Rebuilt from components so "/a/b/" and "/a//b" both become "/a/b", the spelling mountinfo

@@ -122,6 +122,8 @@ mod tests {
                 path: "/mnt/data".into(),
                 critical: true,
                 require_mountpoint: false,
+                must_be_mounted: false,
+                read_only_ok: false,
             }],
             ..Config::default()
         };

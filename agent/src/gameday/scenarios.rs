@@ -16,12 +16,16 @@ use super::{
     status_doc::{device_errors, reason, state},
 };
 
-pub const SCENARIOS: [&str; 5] = [
+mod mount;
+
+pub const SCENARIOS: [&str; 7] = [
     "xfs-shutdown",
     "disk-errors",
     "disk-stall",
     "mount-hang",
     "recovery",
+    "unmount",
+    "read-only",
 ];
 
 /// Slack on top of threshold + one scan: the writer's I/O reaching the disk, the status
@@ -44,6 +48,7 @@ pub fn select(names: &[String]) -> Result<Vec<&'static str>, GamedayError> {
         .collect()
 }
 
+#[derive(Clone)]
 pub struct Ctx {
     pub workdir: PathBuf,
     pub agent: Option<SocketAddr>,
@@ -102,6 +107,8 @@ pub fn run(ctx: &Ctx, name: &'static str) -> Result<ExperimentOutcome, GamedayEr
         "disk-errors" => disk_errors(ctx)?,
         "disk-stall" => disk_stall(ctx)?,
         "mount-hang" => mount_hang(ctx)?,
+        "unmount" => mount::unmount(ctx)?,
+        "read-only" => mount::read_only(ctx)?,
         _ => recovery(ctx)?,
     };
     Ok(ExperimentOutcome {

@@ -79,6 +79,9 @@ pub struct Engine {
     pub(super) metrics: Metrics,
     started_at: SystemTime,
     pub(super) mounts: BTreeMap<PathBuf, Observed>,
+    /// Targets of watches with no mount at their path (`not_mounted`), by path: they fail
+    /// the host until a mount appears there, which gets a fresh target of its own.
+    pub(super) unmounted: BTreeMap<PathBuf, Target>,
     pub(super) devices: BTreeMap<String, Device>,
     pub(super) subsystem: Target,
     pub(super) watches: Vec<WatchStatus>,
@@ -122,6 +125,7 @@ impl Engine {
             publisher,
             started_at: now,
             mounts: BTreeMap::new(),
+            unmounted: BTreeMap::new(),
             devices: BTreeMap::new(),
             subsystem,
             watches: Vec::new(),
@@ -174,6 +178,7 @@ impl Engine {
                     fstype: &o.entry.fstype,
                 })
                 .collect(),
+            unmounted: self.unmounted.values().collect(),
             devices: self
                 .devices
                 .iter()

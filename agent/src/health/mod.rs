@@ -40,10 +40,12 @@ pub enum Signal {
     FsShutdown,
     /// ext4 reported errors and stays writable.
     FsErrors,
+    NotMounted,
+    ReadOnly,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 8] = [
+    pub const ALL: [Signal; 10] = [
         Signal::XfsShutdown,
         Signal::IoErrors,
         Signal::IoStall,
@@ -52,6 +54,8 @@ impl Signal {
         Signal::FsFull,
         Signal::FsShutdown,
         Signal::FsErrors,
+        Signal::NotMounted,
+        Signal::ReadOnly,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,8 @@ impl Signal {
             Self::FsFull => "fs_full",
             Self::FsShutdown => "fs_shutdown",
             Self::FsErrors => "fs_errors",
+            Self::NotMounted => "not_mounted",
+            Self::ReadOnly => "read_only",
         }
     }
 
@@ -119,7 +125,9 @@ impl Kind {
                 | Signal::FsShutdown
                 | Signal::IoStall
                 | Signal::NfsStall
-                | Signal::MountBlocked,
+                | Signal::MountBlocked
+                | Signal::NotMounted
+                | Signal::ReadOnly,
             ) => State::Failed,
             (_, Signal::IoErrors | Signal::FsFull | Signal::FsErrors) => State::Degraded,
         }

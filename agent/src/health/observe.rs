@@ -3,16 +3,16 @@
 //! fresh.
 
 use std::{
-    collections::BTreeMap,
-    path::Path,
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use tracing::{info, warn};
 
 use super::{
-    Kind, Target,
-    engine::{Device, Engine, Observed},
+    Kind, Signal, Target,
+    engine::{Device, Engine, Observed, log_transition},
 };
 use crate::{
     metrics::limits::{self, BoundedTable},
@@ -79,7 +79,59 @@ impl Engine {
                 },
             );
         }
+        self.refresh_unmounted(now);
+        self.refresh_read_only(now);
         self.refresh_devices(now);
+    }
+
+    /// A watch with no mount at its path keeps a failed target under the path, so /healthz
+    /// answers 503 and /status says why; a mount there again replaces it.
+    fn refresh_unmounted(&mut self, now: SystemTime) {
+        let mut wanted = BTreeMap::new();
+        for ws in &self.watches {
+            if let Some(detail) = &ws.not_mounted {
+                wanted.insert(PathBuf::from(&ws.path), (detail.clone(), ws.critical));
+            }
+        }
+        self.unmounted.retain(|p, _| wanted.contains_key(p));
+        for (path, (detail, critical)) in wanted {
+            let t = self.unmounted.entry(path.clone()).or_insert_with(|| {
+                Target::new(Kind::Mount, path.display().to_string(), critical, now)
+            });
+            t.critical = critical;
+            if let Some(tr) = t.raise(Signal::NotMounted, detail, now) {
+                log_transition(t, &tr);
+            }
+        }
+    }
+
+    /// `read_only` on the mounts of critical watches that do not allow it: a critical mount
+    /// that cannot be written is as good as gone for the runtime. A remount changes the mount
+    /// table, so both directions are seen as soon as the table is re-read.
+    fn refresh_read_only(&mut self, now: SystemTime) {
+        let must_write: BTreeSet<PathBuf> = self
+            .cfg
+            .watch
+            .iter()
+            .zip(&self.watches)
+            .filter(|(w, _)| w.critical && !w.read_only_ok)
+            .filter_map(|(_, ws)| ws.mount.as_ref().map(PathBuf::from))
+            .collect();
+        for (mp, o) in &mut self.mounts {
+            let ro = must_write
+                .contains(mp)
+                .then(|| o.entry.read_only())
+                .flatten();
+            let tr = o.target.set(
+                Signal::ReadOnly,
+                ro.is_some(),
+                || ro.unwrap_or_default().into(),
+                now,
+            );
+            if let Some(tr) = tr {
+                log_transition(&o.target, &tr);
+            }
+        }
     }
 
     fn refresh_devices(&mut self, now: SystemTime) {

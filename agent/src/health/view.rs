@@ -43,6 +43,8 @@ pub struct EngineView<'a> {
     pub cfg: &'a Arc<Config>,
     pub started_at: SystemTime,
     pub mounts: Vec<MountView<'a>>,
+    /// Watches failed for want of a mount at their path: no device, no fstype.
+    pub unmounted: Vec<&'a Target>,
     pub devices: Vec<DeviceView<'a>>,
     pub subsystem: &'a Target,
     pub blocked: &'a [InflightCall],

@@ -56,6 +56,7 @@ pub fn build(view: &EngineView<'_>) -> Status {
             )
         })
         .collect();
+    targets.extend(view.unmounted.iter().map(|t| target_status(t, None, None)));
     targets.extend(
         view.devices
             .iter()

@@ -32,6 +32,22 @@ pub struct MountEntry {
     pub super_options: String,
 }
 
+impl MountEntry {
+    /// Why the mount cannot be written, if it cannot: read-only as mounted (`ro` in the
+    /// per-mount options) or a filesystem that is read-only underneath (the superblock's
+    /// `ro`, e.g. ext4 after `errors=remount-ro`).
+    pub fn read_only(&self) -> Option<&'static str> {
+        let ro = |opts: &str| opts.split(',').any(|o| o == "ro");
+        if ro(&self.options) {
+            Some("mounted read-only (ro in the mount options)")
+        } else if ro(&self.super_options) {
+            Some("the filesystem is read-only (ro in the superblock options)")
+        } else {
+            None
+        }
+    }
+}
+
 /// Reads and parses this process's mount table.
 pub fn read_mountinfo() -> Result<Vec<MountEntry>, TopologyError> {
     let text = fs::read_to_string(MOUNTINFO).map_err(|source| TopologyError::Io {

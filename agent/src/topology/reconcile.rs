@@ -22,6 +22,14 @@ pub struct WatchStatus {
     pub mount: Option<String>,
     /// Why the watch does not apply (path missing, not a mount point).
     pub problem: Option<String>,
+    /// Set when the watch fails for want of a mount at its path (`not_mounted`): a
+    /// `must_be_mounted` path that is not a mount point, or a critical watch's mount point
+    /// that went away while watched.
+    pub not_mounted: Option<String>,
+    /// A mount has been seen at `path` itself since the agent started: losing it is a
+    /// failure, not a watch that never applied.
+    #[serde(skip)]
+    pub was_mount_point: bool,
 }
 
 /// Mount point -> (entry, critical).
@@ -118,21 +126,46 @@ fn resolve_watch(
     desired: &mut WantedMounts,
     previous: &[WatchStatus],
 ) -> WatchStatus {
+    let on = mount_for_path(entries, &w.path);
+    let at_path = on.is_some_and(|m| m.mount_point == w.path);
     let mut ws = WatchStatus {
         path: w.path.display().to_string(),
         critical: w.critical,
         mount: None,
         problem: None,
+        not_mounted: None,
+        was_mount_point: at_path,
     };
-    match mount_for_path(entries, &w.path) {
-        Some(m) if w.require_mountpoint && m.mount_point != w.path => {
+    let was = previous
+        .iter()
+        .any(|o| o.path == ws.path && o.was_mount_point);
+    ws.was_mount_point |= was;
+    // BindsTo= semantics: the mount at the path is what the watch depends on; the directory
+    // beneath it (usually on the root filesystem) is not a substitute.
+    if !at_path && (w.must_be_mounted || (w.critical && was)) {
+        let now_on = match on {
+            Some(m) => format!("the path is on {}", m.mount_point.display()),
+            None => "no mount contains the path".into(),
+        };
+        let detail = if was {
+            format!("no longer a mount point: unmounted while watched ({now_on})")
+        } else {
+            format!("not a mount point ({now_on}); must_be_mounted is set")
+        };
+        ws.problem = Some(detail.clone());
+        ws.not_mounted = Some(detail);
+        warn_once(&ws, previous);
+        return ws;
+    }
+    match on {
+        Some(m) if (w.require_mountpoint || w.must_be_mounted) && !at_path => {
             ws.problem = Some(format!(
                 "not a mount point (it is on {}); require_mountpoint is set",
                 m.mount_point.display()
             ));
         }
         Some(m) => {
-            let exists = if m.mount_point == w.path {
+            let exists = if at_path {
                 Some(true)
             } else {
                 path_exists(&w.path)
@@ -152,6 +185,12 @@ fn resolve_watch(
         }
         None => ws.problem = Some("no mount contains this path".into()),
     }
+    warn_once(&ws, previous);
+    ws
+}
+
+/// Logs a watch's problem when it appears, not on every re-read of the mount table.
+fn warn_once(ws: &WatchStatus, previous: &[WatchStatus]) {
     if let Some(p) = &ws.problem {
         let known = previous
             .iter()
@@ -160,7 +199,6 @@ fn resolve_watch(
             warn!(path = %ws.path, problem = %p, "watch does not apply");
         }
     }
-    ws
 }
 
 /// At most `max` mounts: watched ones (critical first) before the others.
