@@ -124,6 +124,9 @@ fn fio_load(dir: &Path, secs: u64) -> BgProcess {
         "--time_based",
         &format!("--runtime={secs}"),
         "--group_reporting",
+        // Jobs as threads: fio's job processes are session leaders of their own, which a
+        // signal to the fixture's process group would not reach.
+        "--thread",
     ]);
     BgProcess::spawn(cmd).expect("fio")
 }
@@ -138,7 +141,7 @@ fn shutdown_count_equals_the_kernel_log_over_a_hundred_remounts() {
     let image = XfsImage::new(work.path(), "load", 300).expect("image");
     let load = LoopXfs::mount(&image, &work.path().join("load")).expect("load mount");
     let agent = Agent::start(&config());
-    let mut fio = fio_load(load.path(), 600);
+    let mut fio = fio_load(load.path(), 300);
     let mut klog = KernelLog::open();
     let lost_before = plain_counter(&agent.metrics(), "bindsto_events_lost_total");
 
@@ -166,7 +169,10 @@ fn shutdown_count_equals_the_kernel_log_over_a_hundred_remounts() {
     });
     kernel_lines.extend(klog.read_new());
     assert!(fio.is_running(), "fio stopped early: {}", fio.output());
-    drop(fio);
+    // fio stops its jobs on SIGINT; the load mount can then be unmounted, not only lazily.
+    fio.signal(nix::sys::signal::Signal::SIGINT)
+        .expect("SIGINT fio");
+    fio.wait_timeout(Duration::from_secs(30));
     let tag = format!("XFS ({name}): ");
     let kernel = kernel_lines
         .iter()
@@ -239,6 +245,7 @@ fn block_error_count_equals_a_bpf_count_under_fio() {
             "--ioengine=libaio",
             "--continue_on_error=all",
             "--number_ios=1500",
+            "--thread",
             "--group_reporting",
         ],
         Duration::from_secs(120),
@@ -282,7 +289,10 @@ fn touch_mount_table() {
         Duration::from_secs(10),
     )
     .expect("mount");
-    run_cmd("umount", &[&p], Duration::from_secs(10)).expect("umount");
+    if let Err(e) = run_cmd("umount", &[&p], Duration::from_secs(10)) {
+        let _ = run_cmd("umount", &["-l", &p], Duration::from_secs(10));
+        panic!("umount {p}: {e:#}");
+    }
 }
 
 #[test]
