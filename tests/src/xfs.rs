@@ -140,7 +140,19 @@ impl<'d> XfsMount<'d> {
         run_cmd("umount", &["-l", &p], Duration::from_secs(30)).map(|_| ())
     }
 
-    /// Mounts the disk again at the same mount point (after [`XfsMount::unmount_lazy`]).
+    /// `umount` of our mount (not lazy: a shut-down XFS must be gone before the disk mounts
+    /// again), keeping the mount point for [`XfsMount::mount_again`].
+    pub fn unmount_in_place(&self) -> anyhow::Result<()> {
+        let p = self.path.to_string_lossy().into_owned();
+        run_cmd("umount", &[&p], Duration::from_secs(30))?;
+        if self.is_mounted() {
+            bail!("umount {p} succeeded but mountinfo still shows it");
+        }
+        Ok(())
+    }
+
+    /// Mounts the disk again at the same mount point (after [`XfsMount::unmount_lazy`] or
+    /// [`XfsMount::unmount_in_place`]).
     pub fn mount_again(&self) -> anyhow::Result<()> {
         let dev = self.disk.loop_dev().to_string_lossy().into_owned();
         let p = self.path.to_string_lossy().into_owned();

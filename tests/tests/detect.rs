@@ -352,13 +352,20 @@ fn shutdown_mount_recovers_when_remounted() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(state(&agent.status(), "mount", &m), "failed");
 
-    xfs.unmount().expect("unmount the shut-down XFS");
-    let again = XfsMount::mount_existing(&disk, None).expect("mount again");
-    let m2 = mp(&again);
+    // The watch is critical, so while nothing is mounted at its path it is `not_mounted`
+    // (BindsTo= semantics); a host mounts the volume again where it was, which gives the path a
+    // fresh target: only a new one can be healthy, the shut-down one is latched.
+    xfs.unmount_in_place().expect("unmount the shut-down XFS");
+    agent
+        .wait_for(Duration::from_secs(5), POLL, |s| {
+            has_reason(s, "mount", &m, "not_mounted")
+        })
+        .unwrap_or_else(|e| panic!("the unmounted critical watch is not not_mounted: {e}"));
+    xfs.mount_again().expect("mount again");
     let t0 = Instant::now();
     agent
         .wait_for(Duration::from_secs(10), POLL, |s| {
-            state(s, "mount", &m) == "absent" && state(s, "mount", &m2) == "healthy"
+            state(s, "mount", &m) == "healthy"
         })
         .unwrap_or_else(|e| panic!("no recovery after remount: {e}"));
     latency("remount_recovery", t0.elapsed());

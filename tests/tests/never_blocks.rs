@@ -424,6 +424,12 @@ impl Drop for HungMount<'_> {
     }
 }
 
+/// Whether a filesystem is mounted at the watched path, as `/status` shows it: a target with a
+/// device. A critical watch whose mount went away keeps a device-less `not_mounted` target.
+fn mounted(s: &Value, id: &str) -> bool {
+    bindsto_tests::status::target(s, "mount", id).is_some_and(|t| !t["device"].is_null())
+}
+
 #[test]
 fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
     let _g = privileged();
@@ -557,7 +563,7 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
             loop {
                 let (_, body) = http_get(addr, "/status", REQUEST_TIMEOUT)?;
                 let s: Value = serde_json::from_str(&body)?;
-                if (state(&s, "mount", &w_s) != "absent") == present {
+                if mounted(&s, &w_s) == present {
                     return Ok(String::new());
                 }
                 anyhow::ensure!(Instant::now() < deadline, "mount seen: {}", !present);
@@ -622,11 +628,14 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
     check_scans("churn", &samples);
     check_threads("churn", &samples, baseline + hung_probes + THREAD_SLACK);
 
-    // The agent followed all of it: the failed filesystem gone, the watch on the directory
-    // left behind, the blocked mount still listed.
+    // The agent followed all of it: the failed filesystem gone (the critical watch left on a
+    // bare directory is `not_mounted`, a target without a device), the blocked mount still
+    // listed.
     agent
         .wait_for(Duration::from_secs(10), POLL, |s| {
-            state(s, "mount", &w_s) == "absent" && state(s, "device", &loop_name) == "absent"
+            !mounted(s, &w_s)
+                && has_reason(s, "mount", &w_s, "not_mounted")
+                && state(s, "device", &loop_name) == "absent"
         })
         .unwrap_or_else(|e| panic!("the agent still shows the removed mount: {e}"));
     assert!(writer.wait_timeout(Duration::from_secs(10)).is_some());
