@@ -33,18 +33,16 @@ pub struct MountEntry {
 }
 
 impl MountEntry {
-    /// Why the mount cannot be written, if it cannot: read-only as mounted (`ro` in the
-    /// per-mount options) or a filesystem that is read-only underneath (the superblock's
-    /// `ro`, e.g. ext4 after `errors=remount-ro`).
+    /// Why the filesystem cannot be written, if it cannot: `ro` in the superblock options,
+    /// which a `remount,ro`, ext4's `errors=remount-ro` and a filesystem the kernel turned
+    /// read-only all set. The per-mount `ro` is not a signal: the agent's own sandbox
+    /// (`ProtectSystem=strict` in its unit) makes every mount `ro` in its namespace, and a
+    /// read-only bind mount leaves the filesystem writable elsewhere.
     pub fn read_only(&self) -> Option<&'static str> {
-        let ro = |opts: &str| opts.split(',').any(|o| o == "ro");
-        if ro(&self.options) {
-            Some("mounted read-only (ro in the mount options)")
-        } else if ro(&self.super_options) {
-            Some("the filesystem is read-only (ro in the superblock options)")
-        } else {
-            None
-        }
+        self.super_options
+            .split(',')
+            .any(|o| o == "ro")
+            .then_some("the filesystem is read-only (ro in the superblock options)")
     }
 }
 
@@ -191,6 +189,20 @@ pub(super) mod tests {
 70 27 0:40 /data\\040dir /mnt/with\\040space\\011tab\\012nl\\134bs rw propagation_from:3 unbindable - nfs4 fs-1.efs:/a\\040b rw,vers=4.1
 71 27 0:41 / /mnt/empty-source rw - tmpfs  rw,size=4k
 ";
+
+    #[test]
+    fn read_only_is_the_superblock_not_the_sandboxed_mount() {
+        // As the agent sees its watched XFS under ProtectSystem=strict: ro per mount, rw below.
+        let sandboxed = "61 27 259:1 / /data ro,nosuid,nodev,noatime - xfs /dev/vdb rw,attr2";
+        let remounted = "61 27 259:1 / /data ro,noatime - xfs /dev/vdb ro,attr2";
+        let aborted = "62 27 259:2 / /d2 rw,relatime - ext4 /dev/vdc ro,errors=remount-ro";
+        let m = parse_mountinfo(&format!("{sandboxed}\n")).unwrap();
+        assert_eq!(m[0].read_only(), None);
+        for line in [remounted, aborted] {
+            let m = parse_mountinfo(line).unwrap();
+            assert!(m[0].read_only().is_some(), "{line}");
+        }
+    }
 
     #[test]
     fn mountinfo_fields_and_escapes() {

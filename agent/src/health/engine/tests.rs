@@ -573,7 +573,12 @@ fn must_be_mounted_fails_from_the_start_and_require_mountpoint_waits() {
 #[test]
 fn a_read_only_critical_mount_fails_unless_read_only_ok() {
     let mut f = fixture();
-    let ro = mountinfo(30).replace("/mnt/data rw", "/mnt/data ro");
+    // Read-only per mount only, as the unit's ProtectSystem=strict shows every mount: writable.
+    let sandboxed = mountinfo(30).replace("/mnt/data rw", "/mnt/data ro");
+    f.engine.refresh_topology(&sandboxed, &|_| Some(true));
+    assert!(status(&f).healthy);
+    // remount,ro: both the mount and the superblock.
+    let ro = sandboxed.replace("/dev/loop0 rw", "/dev/loop0 ro");
     f.engine.refresh_topology(&ro, &|_| Some(true));
     let s = status(&f);
     assert!(!s.healthy);
