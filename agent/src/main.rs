@@ -117,6 +117,12 @@ enum Command {
         #[arg(long, default_value = "150s", value_parser = humantime::parse_duration)]
         agent_timeout: Duration,
     },
+    /// The shared out-of-service budget (DynamoDB): create its table, list leases and failing
+    /// hosts.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Configuration helpers.
     ///
     /// The config is TOML; every key is optional and unknown keys are errors. A malformed file
@@ -124,6 +130,31 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Create the table named by remediate.fleet.table (key `group`, on-demand billing);
+    /// idempotent. Needs dynamodb:CreateTable and DescribeTable, which the agent never does.
+    Init {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Default: remediate.asg_unhealthy.region, else this instance's (IMDS).
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// List the group's live leases and failing hosts (instance, signal, since, expiry).
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The Auto Scaling group; default: this instance's.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -206,6 +237,18 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             },
             json,
         ),
+        Command::Fleet {
+            command: FleetCommand::Init { config, region },
+        } => cli::fleet::init(config.as_deref(), region.as_deref()),
+        Command::Fleet {
+            command:
+                FleetCommand::Status {
+                    config,
+                    group,
+                    region,
+                    json,
+                },
+        } => cli::fleet::status(config.as_deref(), group.as_deref(), region.as_deref(), json),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

@@ -1,5 +1,6 @@
 //! HTTP: `/healthz`, `/metrics`, `/status`. Read-only, served from the last published
-//! status; no handler touches a watched filesystem or waits on the engine.
+//! status; no handler touches a watched filesystem or waits on the engine. With a budget table,
+//! `/healthz` answers 503 only while the host holds an out-of-service lease.
 
 pub mod client;
 pub mod server;
@@ -30,6 +31,16 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let failed: Vec<_> = s.failed_critical().collect();
     if failed.is_empty() {
         return (StatusCode::OK, "ok\n").into_response();
+    }
+    if let Some(held) = shared.healthz_hold() {
+        // The budget holds this host in service: a load balancer must not replace it.
+        let body = serde_json::json!({ "healthy": false, "out_of_service": false, "held": held, "failed": failed });
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
     }
     let body = serde_json::to_string(&Unhealthy {
         healthy: false,

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod doctor;
+pub mod fleet;
 pub mod gameday;
 pub mod help;
 pub mod logging;

@@ -18,11 +18,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 mod de;
 mod detect;
 pub mod file_safety;
+mod fleet;
 mod locate;
 mod remediate;
 mod watch;
 
 pub use detect::Detect;
+pub use fleet::Fleet;
 pub use remediate::{Action, AsgUnhealthy, EcsDrain, Exec, Remediate, StopUnits};
 pub use watch::Watch;
 

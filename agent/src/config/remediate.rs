@@ -59,6 +59,7 @@ pub struct Remediate {
     pub stop_units: StopUnits,
     pub asg_unhealthy: AsgUnhealthy,
     pub exec: Exec,
+    pub fleet: super::fleet::Fleet,
 }
 
 /// A step of the ladder; see `default.toml` for what it does.
@@ -124,6 +125,7 @@ impl Default for Remediate {
             stop_units: StopUnits::default(),
             asg_unhealthy: AsgUnhealthy::default(),
             exec: Exec::default(),
+            fleet: super::fleet::Fleet::default(),
         }
     }
 }
@@ -245,7 +247,7 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// The AWS SDK's endpoints accept https too.
-fn endpoint_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(super) fn endpoint_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     checked_str(d, |text| url(text, true).map(Some))
 }
 

@@ -14,3 +14,10 @@ pub fn format_time(t: SystemTime) -> String {
     odt.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| odt.unix_timestamp().to_string())
 }
+
+pub fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}

@@ -93,6 +93,9 @@ pub struct Metrics {
     pub rpc_oldest: GaugeF,
     pub remediations: Family<ActionLabels, Counter>,
     pub remediation_state_write_failures: Family<OutcomeLabels, Counter>,
+    pub fleet_lease_held: Gauge,
+    pub fleet_outage: Gauge,
+    pub fleet_unavailable: Gauge,
     pub events_lost: Counter,
     pub events_decode_errors: Counter,
     pub mountinfo_read_failures: Counter,
@@ -126,6 +129,9 @@ impl Metrics {
             rpc_oldest: GaugeF::default(),
             remediations: Family::default(),
             remediation_state_write_failures: Family::default(),
+            fleet_lease_held: Gauge::default(),
+            fleet_outage: Gauge::default(),
+            fleet_unavailable: Gauge::default(),
             events_lost: Counter::default(),
             events_decode_errors: Counter::default(),
             mountinfo_read_failures: Counter::default(),
@@ -200,6 +206,21 @@ impl Metrics {
             "remediation_state_write_failures",
             "Incident history writes that failed (error), timed out (timeout) or were not tried because an earlier one still hangs (hung)",
             m.remediation_state_write_failures.clone(),
+        );
+        r.register(
+            "fleet_lease_held",
+            "1 while this host holds an out-of-service lease of its group's budget",
+            m.fleet_lease_held.clone(),
+        );
+        r.register(
+            "fleet_outage",
+            "1 while this failing host sees more than outage_percent of its group failing (no new host goes out)",
+            m.fleet_outage.clone(),
+        );
+        r.register(
+            "fleet_unavailable",
+            "1 while the budget table cannot be used (the ladder does not act)",
+            m.fleet_unavailable.clone(),
         );
         r.register(
             "events_lost",

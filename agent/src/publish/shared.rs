@@ -14,6 +14,8 @@ pub struct Shared {
     status: RwLock<Arc<Status>>,
     /// The remediation report (`/status` → `remediation`), written by the remedy task.
     remediation: RwLock<Option<Arc<serde_json::Value>>>,
+    /// With a budget table: why a failing host must not answer 503 (it holds no lease).
+    healthz_hold: RwLock<Option<String>>,
     /// Bumped on every publish, so the remedy task reacts at once instead of polling.
     changes: tokio::sync::watch::Sender<u64>,
     pub metrics: Metrics,
@@ -38,6 +40,7 @@ impl Shared {
         Self {
             status: RwLock::new(Arc::new(status)),
             remediation: RwLock::new(None),
+            healthz_hold: RwLock::new(None),
             changes: tokio::sync::watch::Sender::new(0),
             metrics,
         }
@@ -65,6 +68,22 @@ impl Shared {
         match self.remediation.write() {
             Ok(mut g) => *g = r,
             Err(poisoned) => *poisoned.into_inner() = r,
+        }
+    }
+
+    /// `Some(why)`: a budget table is configured and this host holds no out-of-service lease,
+    /// so `/healthz` must not ask a load balancer to replace it.
+    pub fn healthz_hold(&self) -> Option<String> {
+        match self.healthz_hold.read() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_healthz_hold(&self, hold: Option<String>) {
+        match self.healthz_hold.write() {
+            Ok(mut g) => *g = hold,
+            Err(poisoned) => *poisoned.into_inner() = hold,
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::dmi;
 use super::store;
 use crate::api::client::{self as httpc, HttpError};
 use crate::config::{Action, Remediate};
@@ -28,6 +29,8 @@ pub struct Identity {
     pub ecs: Option<EcsInstance>,
     /// One line per failed lookup, shown in /status.
     pub problems: Vec<String>,
+    /// IMDS did not answer and DMI says this is no EC2 instance: IMDS is not asked again.
+    pub not_ec2: Option<String>,
 }
 
 impl Identity {
@@ -42,7 +45,7 @@ impl Identity {
     /// Every identity the enabled actions need is known.
     pub fn known(&self, rem: &Remediate) -> bool {
         (!rem.actions.contains(&Action::EcsDrain) || self.ecs.is_some())
-            && (!rem.actions.contains(&Action::AsgUnhealthy) || self.instance.is_some())
+            && (!needs_instance(rem) || self.instance.is_some() || self.not_ec2.is_some())
     }
 
     /// Reads the identities the enabled actions need; keeps the last known ones on failure
@@ -77,7 +80,9 @@ impl Identity {
                 }
             }
         }
-        if wants(Action::AsgUnhealthy) || wants(Action::EcsDrain) {
+        if let Some(why) = &self.not_ec2 {
+            problems.push(why.clone());
+        } else if needs_instance(rem) || wants(Action::EcsDrain) {
             match instance(&rem.asg_unhealthy.imds_url, IDENTITY_TIMEOUT).await {
                 Ok(i) => {
                     if self.instance.as_ref() != Some(&i) {
@@ -85,17 +90,48 @@ impl Identity {
                         self.instance = Some(i);
                     }
                 }
-                Err(e) if wants(Action::AsgUnhealthy) => problems.push(format!("IMDS: {e}")),
+                Err(e)
+                    if self.instance.is_none()
+                        && unanswered(&e)
+                        && dmi::says_not_ec2().is_some() =>
+                {
+                    let dmi = dmi::says_not_ec2().unwrap_or_default();
+                    let why = format!(
+                        "not an EC2 instance ({dmi}; IMDS did not answer: {e}): remediation identity unavailable, IMDS not asked again"
+                    );
+                    warn!(problem = %why, "remediation identity unavailable");
+                    self.not_ec2 = Some(why.clone());
+                    if needs_instance(rem) {
+                        problems.push(why);
+                    }
+                }
+                Err(e) if needs_instance(rem) => problems.push(format!("IMDS: {e}")),
                 Err(_) => {}
             }
         }
         if problems != self.problems {
-            for p in &problems {
+            for p in problems
+                .iter()
+                .filter(|p| self.not_ec2.as_ref() != Some(*p))
+            {
                 warn!(problem = %p, "remediation identity lookup failed; retrying every {IDENTITY_RETRY:?}");
             }
             self.problems = problems;
         }
     }
+}
+
+/// The instance id is needed by `asg-unhealthy` and by the budget (its group).
+fn needs_instance(rem: &Remediate) -> bool {
+    rem.actions.contains(&Action::AsgUnhealthy) || rem.fleet.enabled()
+}
+
+/// IMDS gave no answer at all (refused, timed out), as opposed to an error status.
+fn unanswered(e: &IdentityError) -> bool {
+    matches!(
+        e,
+        IdentityError::Http(HttpError::Io { .. } | HttpError::Timeout { .. })
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ pub enum Phase {
     RateLimited,
     /// The ladder is running.
     Running,
-    /// The ladder ran; a step held back by the breaker waits for its retry.
+    /// Steps held back by the fleet (breaker or budget) wait for their retry.
     Held,
     /// The ladder ran to its end; the incident stays open until the host recovers.
     Done,
@@ -47,6 +47,8 @@ pub enum StepOutcome {
     Failed,
     DryRun,
     HeldByBreaker,
+    /// Waiting for a lease of the group's out-of-service budget.
+    HeldByBudget,
     Skipped,
 }
 
@@ -58,13 +60,22 @@ impl StepOutcome {
             StepOutcome::Failed => "failed",
             StepOutcome::DryRun => "dry_run",
             StepOutcome::HeldByBreaker => "held_by_breaker",
+            StepOutcome::HeldByBudget => "held_by_budget",
             StepOutcome::Skipped => "skipped",
         }
     }
 
+    /// Waiting for the fleet (breaker or budget) before it runs.
+    pub fn held(self) -> bool {
+        matches!(self, StepOutcome::HeldByBreaker | StepOutcome::HeldByBudget)
+    }
+
     /// Final: the step is not run again in this incident.
     pub fn settled(self) -> bool {
-        !matches!(self, StepOutcome::Started | StepOutcome::HeldByBreaker)
+        !matches!(
+            self,
+            StepOutcome::Started | StepOutcome::HeldByBreaker | StepOutcome::HeldByBudget
+        )
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! On every look at the engine's status it opens, advances or closes the one open incident.
 //! Once a critical target has failed for `hold_down` it runs the configured steps, in order,
-//! exactly once for that incident, within `max_per_hour`; a step held back by the fleet breaker
-//! is retried at its time. Every change is persisted before it takes effect, so a restarted
+//! exactly once for that incident, within `max_per_hour`, once the `fleet` gate lets it (a
+//! lease of the group's budget, or the breaker without a table); held steps are retried at
+//! their jittered time. Every change is persisted before it takes effect, so a restarted
 //! agent resumes an interrupted ladder instead of repeating or forgetting it. After each change
 //! it publishes the report. Depends on `config`, `health` (target states), `publish` (status in,
 //! report and metrics out) and the remedy's `store`, `identity`, `report` and `steps`.
@@ -12,6 +13,7 @@ use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
 use tracing::{error, info, warn};
 
+use super::fleet::{self, Budget, Gate};
 use super::identity::Identity;
 use super::incident::{FailedTarget, Incident, Phase, Step, StepOutcome};
 use super::report::RemediationReport;
@@ -27,18 +29,20 @@ use crate::{
 
 /// The incident history, what the steps need to know, and where the report goes.
 pub struct Ladder {
-    cfg: Arc<Config>,
-    shared: Arc<Shared>,
-    store: Store,
-    identity: Identity,
+    pub(super) cfg: Arc<Config>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) store: Store,
+    pub(super) identity: Identity,
     /// Incidents read from disk at start: their "recovered" needs hold_down of health observed
     /// by this process, since a fresh engine has not seen everything yet.
-    restored: HashSet<String>,
-    healthy_since: Option<SystemTime>,
-    store_problem: Option<String>,
+    pub(super) restored: HashSet<String>,
+    pub(super) healthy_since: Option<SystemTime>,
+    pub(super) store_problem: Option<String>,
     /// The state dir shares a mount with a critical watch (stays as long as the config does).
-    placement_problem: Option<String>,
-    hostname: String,
+    pub(super) placement_problem: Option<String>,
+    pub(super) hostname: String,
+    /// The shared out-of-service budget, when a table is configured.
+    pub(super) budget: Option<Budget>,
 }
 
 impl Ladder {
@@ -60,6 +64,7 @@ impl Ladder {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         let identity = Identity::cached(&r.state_dir);
+        let cfg_budget = r.clone();
         Ok(Ladder {
             cfg,
             shared,
@@ -70,7 +75,9 @@ impl Ladder {
             store_problem,
             placement_problem: on_watched,
             hostname,
+            budget: Budget::new(&cfg_budget),
         })
+        .inspect(Ladder::publish_healthz)
     }
 
     pub(super) fn rem(&self) -> &Remediate {
@@ -100,6 +107,10 @@ impl Ladder {
                 "remediate.state_dir changed; restart bindsto to apply it (keeping the incident history where it is)"
             );
         }
+        if new.remediate.fleet.table != self.rem().fleet.table {
+            // A held lease expires on its own after `lease`.
+            self.budget = Budget::new(&new.remediate);
+        }
         self.cfg = new;
         self.publish();
     }
@@ -126,8 +137,10 @@ impl Ladder {
             self.healthy_since = None;
         }
         let Some(mut inc) = self.store.open_incident().cloned() else {
-            if !failed.is_empty() && !self.rem().actions.is_empty() {
+            if !failed.is_empty() && (!self.rem().actions.is_empty() || self.budget.is_some()) {
                 self.open_incident(failed, now).await;
+            } else if failed.is_empty() {
+                self.give_back(now).await;
             }
             return;
         };
@@ -135,6 +148,7 @@ impl Ladder {
             self.on_healthy(inc, now).await;
             return;
         }
+        self.keep_failing(&inc, now).await;
         let mut changed = false;
         for t in failed {
             if !inc.targets.iter().any(|x| x.kind == t.kind && x.id == t.id) {
@@ -158,9 +172,12 @@ impl Ladder {
                 return;
             }
             Phase::Held => {
-                let due = inc.steps.iter().any(|s| {
-                    s.outcome == StepOutcome::HeldByBreaker && s.retry_at.is_none_or(|t| t <= now)
-                });
+                let due = inc
+                    .steps
+                    .iter()
+                    .any(|s| s.outcome.held() && s.retry_at.is_none_or(|t| t <= now))
+                    // No steps (a budget for /healthz only): the gate is asked again each look.
+                    || inc.steps.is_empty();
                 if due {
                     self.ladder(inc, true).await;
                     return;
@@ -230,6 +247,7 @@ impl Ladder {
             }
         }
         self.put(inc).await;
+        self.give_back(now).await;
     }
 
     async fn start_ladder(&mut self, mut inc: Incident, now: SystemTime) {
@@ -259,12 +277,16 @@ impl Ladder {
     /// Runs every step not settled yet, in ladder order. `retry_held` runs only steps held by
     /// the breaker.
     async fn ladder(&mut self, mut inc: Incident, retry_held: bool) {
+        if let Gate::Wait { detail, retry_at } = self.gate(&inc).await {
+            self.hold(inc, &detail, retry_at).await;
+            return;
+        }
         let actions = self.rem().actions.clone();
         for action in actions {
             let prior = inc.step(action).map(|s| s.outcome);
             let run = match prior {
                 None | Some(StepOutcome::Started) => !retry_held,
-                Some(StepOutcome::HeldByBreaker) => true,
+                Some(o) if o.held() => true,
                 Some(_) => false,
             };
             if !run {
@@ -321,10 +343,7 @@ impl Ladder {
             }
             self.put(inc.clone()).await;
         }
-        let held = inc
-            .steps
-            .iter()
-            .any(|s| s.outcome == StepOutcome::HeldByBreaker);
+        let held = inc.steps.iter().any(|s| s.outcome.held());
         inc.phase = if held { Phase::Held } else { Phase::Done };
         if !held {
             info!(incident = %inc.id, "remediation ladder finished");
@@ -332,7 +351,7 @@ impl Ladder {
         self.put(inc).await;
     }
 
-    fn count(&self, action: &str, outcome_label: &str) {
+    pub(super) fn count(&self, action: &str, outcome_label: &str) {
         self.shared
             .metrics
             .remediations
@@ -344,7 +363,7 @@ impl Ladder {
     }
 
     /// Replaces the incident in the history, persists it and publishes the report.
-    async fn put(&mut self, inc: Incident) {
+    pub(super) async fn put(&mut self, inc: Incident) {
         match self.store.incidents.iter_mut().find(|i| i.id == inc.id) {
             Some(slot) => *slot = inc,
             None => self.store.incidents.push(inc),
@@ -372,14 +391,37 @@ impl Ladder {
         let mut problems = self.identity.problems.clone();
         problems.extend(self.placement_problem.clone());
         problems.extend(self.store_problem.clone());
-        let report = RemediationReport::running(
+        let mut report = RemediationReport::running(
             &self.cfg,
             self.store.path().display().to_string(),
             &self.identity,
             problems,
             &self.store.incidents,
         );
+        report.fleet = self.budget.as_ref().map(|b| b.report().clone());
         self.shared.set_remediation(&report);
+        self.publish_healthz();
+    }
+
+    /// What `/healthz` must know of the budget, and the fleet gauges.
+    fn publish_healthz(&self) {
+        let m = &self.shared.metrics;
+        let Some(b) = &self.budget else {
+            self.shared.set_healthz_hold(None);
+            return;
+        };
+        let r = b.report();
+        m.fleet_lease_held.set(i64::from(r.lease_held));
+        m.fleet_outage.set(i64::from(r.outage));
+        m.fleet_unavailable
+            .set(i64::from(r.state == fleet::report::FleetState::Unavailable));
+        // A dry run takes no lease: /healthz answers as without a table.
+        let hold = if self.cfg.dry_run {
+            None
+        } else {
+            b.healthz_hold()
+        };
+        self.shared.set_healthz_hold(hold);
     }
 }
 

@@ -2,18 +2,22 @@
 //!
 //! The remedy task follows the engine's published status. When a critical target fails it opens
 //! an incident; once the failure has lasted `hold_down` it runs the ladder (`actions`, in order)
-//! exactly once for that incident, within the safety rails: `dry_run`, `max_per_hour`, the fleet
-//! breaker before `asg-unhealthy`, and a persisted history so a restart neither repeats nor
+//! exactly once for that incident, within the safety rails: `dry_run`, `max_per_hour`, the
+//! `fleet` gate before any out-of-service step (the shared budget in DynamoDB, or the Auto
+//! Scaling breaker without one), and a persisted history so a restart neither repeats nor
 //! forgets a run. Recovery before the ladder runs cancels the incident.
 //!
 //! The ladder never touches the failed filesystem: it talks to HTTP endpoints, D-Bus and AWS,
 //! and writes only under the state directory on the root filesystem (under a timeout).
 //!
 //! `task` (the run loop) drives the `ladder` (the incident state machine), which runs `steps`,
-//! keeps `incident`s in the `store`, and publishes the `report`; `identity` says who this host
-//! is. May use `config`, `topology`, `health`, `publish` and `api::client`; `publish` shows the
+//! keeps `incident`s in the `store`, asks the `fleet` gate, and publishes the `report`;
+//! `identity` says who this host is. May use `config`, `topology`, `health`, `publish` and `api::client`; `publish` shows the
 //! report as JSON and knows none of these types.
 
+mod dmi;
+pub mod fleet;
+mod hold;
 pub mod identity;
 pub mod incident;
 pub mod ladder;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::fleet::report::FleetReport;
 use super::identity::{EcsInstance, Identity, Instance};
 use super::incident::Incident;
 use crate::config::Config;
@@ -29,6 +30,9 @@ pub struct RemediationReport {
     pub problems: Vec<String>,
     /// Newest last.
     pub incidents: Vec<Incident>,
+    /// The shared out-of-service budget, when a table is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
 }
 
 fn humantime_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -48,6 +52,7 @@ impl RemediationReport {
             ecs: None,
             problems,
             incidents: Vec::new(),
+            fleet: None,
         }
     }
 

@@ -1,5 +1,7 @@
 //! The `asg-unhealthy` step: SetInstanceHealth(Unhealthy) for this instance, so Auto Scaling
 //! replaces it, unless the fleet breaker finds too much of the group already out of service.
+//! With a budget table the lease, taken before the ladder, is what limits the group: the breaker
+//! is not asked again here.
 
 use std::time::SystemTime;
 
@@ -39,7 +41,7 @@ pub async fn mark_unhealthy(rem: &Remediate, dry: bool, identity: &mut Identity)
                 me.instance_id
             )));
         }
-        let hold = fleet.percent_out() > a.fleet_max_unhealthy_percent;
+        let hold = !rem.fleet.enabled() && fleet.percent_out() > a.fleet_max_unhealthy_percent;
         if dry {
             let verdict = if hold {
                 "the fleet breaker would hold back"

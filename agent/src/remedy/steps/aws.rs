@@ -24,14 +24,14 @@ pub enum AwsError {
     },
 }
 
-fn call_error<E: std::error::Error>(call: &'static str, e: E) -> AwsError {
+pub fn call_error<E: std::error::Error>(call: &'static str, e: E) -> AwsError {
     AwsError::Call {
         call,
         message: DisplayErrorContext(e).to_string(),
     }
 }
 
-async fn sdk_config(
+pub async fn sdk_config(
     cfg: &Remediate,
     region: &str,
     attempt_timeout: Duration,
