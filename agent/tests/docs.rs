@@ -78,6 +78,8 @@ fn iam_policy_grants_exactly_the_ladder_actions() {
             "autoscaling:DescribeAutoScalingGroups",
             "autoscaling:DescribeAutoScalingInstances",
             "autoscaling:SetInstanceHealth",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
             "ecs:DescribeContainerInstances",
             "ecs:UpdateContainerInstancesState",
         ]

@@ -125,7 +125,8 @@ fn shutdown_drains_and_marks_unhealthy_once_in_ladder_order_and_survives_restart
         ("DRAINING".into(), "Unhealthy".into())
     );
     // On the wire: each mutating call exactly once, drain before the health change, and the
-    // breaker's reads right before SetInstanceHealth.
+    // breaker's reads before the ladder (it gates every step) and right before
+    // SetInstanceHealth.
     let calls: Vec<String> = w
         .recorder
         .names()
@@ -135,6 +136,8 @@ fn shutdown_drains_and_marks_unhealthy_once_in_ladder_order_and_survives_restart
     assert_eq!(
         calls,
         vec![
+            "DescribeAutoScalingInstances",
+            "DescribeAutoScalingGroups",
             "UpdateContainerInstancesState",
             "DescribeAutoScalingInstances",
             "DescribeAutoScalingGroups",
@@ -272,15 +275,18 @@ fn breaker_holds_back_while_the_fleet_is_unhealthy_then_retries() {
         .wait_for(Duration::from_secs(60), POLL, |s| phase(s) == "held")
         .unwrap_or_else(|e| panic!("breaker did not hold: {e}\n{}", agent.log()));
     let s = agent.status();
-    assert_eq!(outcome(&s, "asg-unhealthy"), "held_by_breaker", "{s:#}");
-    // The rest of the ladder still ran.
-    assert_eq!(outcome(&s, "ecs-drain"), "done");
-    assert_eq!(outcome(&s, "exec"), "done");
+    // The breaker gates every out-of-service step, not only asg-unhealthy (issue 13).
+    for action in ["ecs-drain", "asg-unhealthy", "exec"] {
+        assert_eq!(outcome(&s, action), "held_by_breaker", "{action}: {s:#}");
+    }
     assert_eq!(
         w.fleet.state(&w.moto).unwrap(),
-        ("DRAINING".into(), "Healthy".into())
+        ("ACTIVE".into(), "Healthy".into())
     );
-    assert!(!w.recorder.names().iter().any(|n| n == "SetInstanceHealth"));
+    for call in MUTATING {
+        assert!(!w.recorder.names().iter().any(|n| n == call), "{call} sent");
+    }
+    assert!(!exec_out.exists(), "exec ran while held");
     // It keeps retrying (every breaker_retry) and keeps holding.
     agent
         .wait_for(Duration::from_secs(20), POLL, |s| {
@@ -289,7 +295,8 @@ fn breaker_holds_back_while_the_fleet_is_unhealthy_then_retries() {
         })
         .unwrap_or_else(|e| panic!("no breaker retry: {e}\n{}", agent.log()));
     assert!(
-        metric(&agent, "asg-unhealthy", "held_by_breaker") >= 2,
+        metric(&agent, "asg-unhealthy", "held_by_breaker") >= 2
+            && metric(&agent, "ecs-drain", "held_by_breaker") >= 2,
         "{}",
         agent.metrics()
     );
