@@ -81,12 +81,103 @@ def state(url, me, cluster, arn):
     }
 
 
+def fleet_setup(url, n):
+    """An Auto Scaling group of N instances, every one a registered ECS container instance."""
+    out = setup(url, n, 0)
+    ecs = client(url, "ecs")
+    arns = [out["container_instance_arn"]]
+    for inst in out["instances"][1:]:
+        doc = json.dumps({"instanceId": inst, "region": REGION, "accountId": "123456789012"})
+        reg = ecs.register_container_instance(cluster=CLUSTER, instanceIdentityDocument=doc)
+        arns.append(reg["containerInstance"]["containerInstanceArn"])
+    out["arns"] = arns
+    return out
+
+
+def fleet_state(url, arns):
+    ecs = client(url, "ecs")
+    ci = ecs.describe_container_instances(cluster=CLUSTER, containerInstances=arns)
+    status = {c["containerInstanceArn"]: c["status"] for c in ci["containerInstances"]}
+    asg = client(url, "autoscaling")
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])
+    health = {i["InstanceId"]: i["HealthStatus"] for i in group["AutoScalingGroups"][0]["Instances"]}
+    return {"container_status": [status.get(a) for a in arns], "health": health}
+
+
+def race(url, table, trials, clients, budget):
+    """CLIENTS threads race read-then-conditional-PutItem for a slot of BUDGET in one item."""
+    import threading
+
+    ddb = client(url, "dynamodb")
+    ddb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "group", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "group", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    over = 0
+    for t in range(trials):
+        key = f"race-{t}"
+        granted = []
+        lock = threading.Lock()
+
+        def one(me):
+            c = client(url, "dynamodb")
+            while True:
+                item = c.get_item(TableName=table, Key={"group": {"S": key}}, ConsistentRead=True).get("Item")
+                holders = json.loads(item["state"]["S"])["holders"] if item else []
+                if len(holders) >= budget:
+                    return
+                args = {
+                    "TableName": table,
+                    "Item": {
+                        "group": {"S": key},
+                        "version": {"N": str(int(item["version"]["N"]) + 1 if item else 1)},
+                        "state": {"S": json.dumps({"holders": holders + [me]})},
+                    },
+                }
+                if item:
+                    args["ConditionExpression"] = "#v = :v"
+                    args["ExpressionAttributeNames"] = {"#v": "version"}
+                    args["ExpressionAttributeValues"] = {":v": item["version"]}
+                else:
+                    args["ConditionExpression"] = "attribute_not_exists(#g)"
+                    args["ExpressionAttributeNames"] = {"#g": "group"}
+                try:
+                    c.put_item(**args)
+                except c.exceptions.ConditionalCheckFailedException:
+                    continue
+                with lock:
+                    granted.append(me)
+                return
+
+        threads = [threading.Thread(target=one, args=(f"h{i}",)) for i in range(clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if len(granted) > budget:
+            over += 1
+    return {"trials": trials, "over_granted": over}
+
+
 def main():
     url, cmd, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     if cmd == "setup":
         out = setup(url, int(args[0]), int(args[1]))
     elif cmd == "state":
         out = state(url, *args)
+    elif cmd == "fleet-setup":
+        out = fleet_setup(url, int(args[0]))
+    elif cmd == "fleet-state":
+        out = fleet_state(url, args)
+    elif cmd == "race":
+        out = race(url, args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "item":
+        item = client(url, "dynamodb").get_item(
+            TableName=args[0], Key={"group": {"S": args[1]}}, ConsistentRead=True
+        ).get("Item")
+        out = {"item": item}
     elif cmd == "set-health":
         client(url, "autoscaling").set_instance_health(InstanceId=args[0], HealthStatus=args[1])
         out = {}

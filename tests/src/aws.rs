@@ -47,6 +47,20 @@ impl Moto {
             "-p",
             &port.to_string(),
         ]);
+        Self::spawn(cmd, port)
+    }
+
+    /// moto with one request at a time (`tests/aws/moto_serial.py`): DynamoDB's per-item
+    /// linearizability, which moto's threaded server lacks, for the fleet-budget tests.
+    pub fn start_serialized() -> anyhow::Result<Moto> {
+        let port = free_port()?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws/moto_serial.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).arg("127.0.0.1").arg(port.to_string());
+        Self::spawn(cmd, port)
+    }
+
+    fn spawn(cmd: Command, port: u16) -> anyhow::Result<Moto> {
         let mut proc = BgProcess::spawn(cmd)
             .context("starting moto (python3 -m pip install 'moto[server]')")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
