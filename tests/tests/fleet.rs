@@ -304,3 +304,273 @@ fn budget_grants_exactly_two_of_three_failing_hosts() {
     println!("FLEET over_granted={over_granted} rounds={rounds}");
     assert_eq!(over_granted, 0);
 }
+
+/// Creates the table with `bindsto fleet init`.
+fn init(h: &Host) {
+    let (ok, out) = fleet_cli(&h.config, &["init", "--region", "us-east-1"]);
+    assert!(ok, "{out}");
+}
+
+fn wait_all(hosts: &mut [Host], what: &str, pred: impl Fn(&Value) -> bool) {
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.agent
+            .wait_for(Duration::from_secs(60), POLL, &pred)
+            .unwrap_or_else(|e| panic!("host {i}: no {what}: {e}\n{}", h.agent.log()));
+    }
+}
+
+#[test]
+fn a_fleet_outage_takes_no_host_out() {
+    let _g = privileged();
+    let g = Group::new(10);
+    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let mut hosts: Vec<Host> = (0..8).map(|i| host(&g, i, xfs.path(), "5m")).collect();
+    init(&hosts[0]);
+    xfs.shutdown().expect("xfs_io shutdown");
+    // 8 of 10 failing > 50%: each failing host says fleet_outage; at most the budget (if one
+    // asked before the others had recorded their failure) goes out.
+    wait_all(&mut hosts, "fleet_outage", |s| {
+        fleet(s)["state"] == "outage"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let out = g.out_of_service();
+    println!("FLEET outage: {out} of 8 failing hosts out of service (budget 2)");
+    assert!(out <= 2, "moto: {:?}", g.state());
+    for h in &hosts {
+        let s = h.agent.status();
+        assert_eq!(fleet(&s)["outage"], true, "{:#}", fleet(&s));
+        assert_eq!(metric(&h.agent, "bindsto_fleet_outage"), 1);
+        if fleet(&s)["lease_held"] == false {
+            assert_eq!(h.agent.healthz().0, 200);
+            assert!(
+                fleet(&s)["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("fleet_outage")
+            );
+        }
+    }
+    // Recovery: the shut-down XFS is unmounted and mounted again at the same path (log
+    // recovery); once healthy for hold_down every host gives its lease and record back.
+    xfs.unmount_in_place().expect("unmount the shut-down XFS");
+    xfs.mount_again().expect("mount again");
+    wait_all(&mut hosts, "idle", |s| {
+        fleet(s)["state"] == "idle" && s["healthy"] == true
+    });
+    let item = g.moto.ctl(&["item", TABLE, GROUP]).expect("item");
+    let state: Value = serde_json::from_str(item["item"]["state"]["S"].as_str().unwrap()).unwrap();
+    assert!(
+        state["holders"].as_object().unwrap().is_empty(),
+        "left held: {state:#}"
+    );
+    assert!(
+        state["failing"].as_object().unwrap().is_empty(),
+        "left failing: {state:#}"
+    );
+}
+
+#[test]
+fn an_expired_lease_frees_the_slot_for_a_waiting_host() {
+    let _g = privileged();
+    let g = Group::new(10);
+    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let mut hosts: Vec<Host> = (0..3).map(|i| host(&g, i, xfs.path(), "6s")).collect();
+    init(&hosts[0]);
+    xfs.shutdown().expect("xfs_io shutdown");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        let held: Vec<usize> = (0..3)
+            .filter(|i| phase(&hosts[*i].agent.status()) == "held")
+            .collect();
+        let done = (0..3)
+            .filter(|i| phase(&hosts[*i].agent.status()) == "done")
+            .count();
+        if held.len() == 1 && done == 2 {
+            break held[0];
+        }
+        assert!(Instant::now() < deadline, "no 2 out + 1 held");
+        std::thread::sleep(POLL);
+    };
+    // kill -9 the holders: nobody renews their leases.
+    let holders_at = |g: &Group| -> Value {
+        let item = g.moto.ctl(&["item", TABLE, GROUP]).expect("item");
+        let st: Value = serde_json::from_str(item["item"]["state"]["S"].as_str().unwrap()).unwrap();
+        st["holders"].clone()
+    };
+    let mut last_renewal = None;
+    for i in (0..3).filter(|i| *i != waiting) {
+        hosts[i].agent.kill9();
+        let t = Instant::now();
+        last_renewal = Some(last_renewal.map_or(t, |l: Instant| l.max(t)));
+    }
+    let killed = last_renewal.unwrap();
+    // Read after the kill: the leases as their holders last renewed them.
+    let frees_at = holders_at(&g)
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|l| l["expires_ms"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    hosts[waiting]
+        .agent
+        .wait_for(Duration::from_secs(40), POLL, |s| {
+            fleet(s)["lease_held"] == true && phase(s) == "done"
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "the waiting host never acquired: {e}\n{}",
+                hosts[waiting].agent.log()
+            )
+        });
+    let took = killed.elapsed();
+    let acquired_at = holders_at(&g)[&g.instances[waiting]]["since_ms"]
+        .as_u64()
+        .unwrap();
+    println!(
+        "FLEET expired lease: holders killed -> waiting host out after {} ms; slot_free_to_acquire_ms={} (lease 6 s, renewed every 2 s, retry 1 s jittered)",
+        took.as_millis(),
+        acquired_at.saturating_sub(frees_at)
+    );
+    assert!(acquired_at >= frees_at, "acquired before the lease expired");
+    // A lease is free only after `lease` without renewal.
+    assert!(took >= Duration::from_secs(3), "acquired after {took:?}");
+    // Never more than the budget out at once: two left the group's lease table, one came in.
+    let item = g.moto.ctl(&["item", TABLE, GROUP]).expect("item");
+    let state: Value = serde_json::from_str(item["item"]["state"]["S"].as_str().unwrap()).unwrap();
+    let live = state["holders"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|l| l["expires_ms"].as_u64().unwrap() > bindsto_now_ms())
+        .count();
+    assert!(live <= 2, "{state:#}");
+}
+
+fn bindsto_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn a_restarted_holder_keeps_its_lease_and_repeats_nothing() {
+    let _g = privileged();
+    let g = Group::new(5);
+    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let mut h = host(&g, 0, xfs.path(), "5m");
+    init(&h);
+    xfs.shutdown().expect("xfs_io shutdown");
+    h.agent
+        .wait_for(Duration::from_secs(60), POLL, |s| phase(s) == "done")
+        .unwrap_or_else(|e| panic!("no ladder: {e}\n{}", h.agent.log()));
+    let before = g.moto.ctl(&["item", TABLE, GROUP]).expect("item");
+    h.agent.kill9();
+    let mut agent = Agent::start_with_env(agent_bin(), &h.config, &[], &ENV).expect("restart");
+    agent
+        .wait_for(Duration::from_secs(60), POLL, |s| {
+            fleet(s)["lease_held"] == true
+        })
+        .unwrap_or_else(|e| panic!("lease not found again: {e}\n{}", agent.log()));
+    let s = agent.status();
+    assert_eq!(phase(&s), "done");
+    for a in ["ecs-drain", "asg-unhealthy"] {
+        assert_eq!(outcome(&s, a), "done");
+        assert_eq!(
+            metric(
+                &agent,
+                &format!("bindsto_remediations_total{{action=\"{a}\",outcome=\"done\"}}")
+            ),
+            0,
+            "{a} ran again"
+        );
+    }
+    assert_eq!(agent.healthz().0, 503, "a holder answers 503");
+    let after = g.moto.ctl(&["item", TABLE, GROUP]).expect("item");
+    let holders = |v: &Value| -> Value {
+        let st: Value = serde_json::from_str(v["item"]["state"]["S"].as_str().unwrap()).unwrap();
+        st["holders"].clone()
+    };
+    let (b, a) = (holders(&before), holders(&after));
+    assert_eq!(a.as_object().unwrap().len(), 1, "{a:#}");
+    assert_eq!(
+        a[&g.instances[0]]["since_ms"], b[&g.instances[0]]["since_ms"],
+        "the same lease"
+    );
+}
+
+#[test]
+fn an_unusable_table_holds_every_step_and_says_why() {
+    let _g = privileged();
+    let g = Group::new(5);
+    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    // No table yet: ResourceNotFoundException.
+    let mut h = host(&g, 0, xfs.path(), "5m");
+    xfs.shutdown().expect("xfs_io shutdown");
+    h.agent
+        .wait_for(Duration::from_secs(60), POLL, |s| {
+            fleet(s)["state"] == "unavailable" && phase(s) == "held"
+        })
+        .unwrap_or_else(|e| panic!("not held: {e}\n{}", h.agent.log()));
+    let s = h.agent.status();
+    let problem = fleet(&s)["problem"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        problem.contains("ResourceNotFound") || problem.contains("not found"),
+        "{problem}"
+    );
+    assert_eq!(outcome(&s, "ecs-drain"), "held_by_budget");
+    assert_eq!(g.out_of_service(), 0, "acted without the budget");
+    assert_eq!(metric(&h.agent, "bindsto_fleet_unavailable"), 1);
+    assert_eq!(h.agent.healthz().0, 200);
+    // DynamoDB answers again (the table exists): the host acts, after its backoff.
+    init(&h);
+    h.agent
+        .wait_for(Duration::from_secs(60), POLL, |s| phase(s) == "done")
+        .unwrap_or_else(|e| panic!("no recovery: {e}\n{}", h.agent.log()));
+    assert_eq!(g.out_of_service(), 1);
+    drop(h);
+
+    // Refused: an endpoint where nothing listens.
+    let g2 = Group::new(5);
+    let disk2 = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs2 = XfsMount::new(&disk2).expect("xfs");
+    let imds = Imds::start(&g2.instances[0], "us-east-1", &g2.cluster, &g2.arns[0]).expect("imds");
+    let state = tempfile::tempdir().unwrap();
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        bindsto_tests::agent::free_port().unwrap()
+    );
+    let cfg = config(&g2, &imds, state.path(), xfs2.path(), "5m").replace(
+        &format!(
+            "[remediate.fleet]\ntable = \"{TABLE}\"\nendpoint_url = \"{}\"",
+            g2.moto.url
+        ),
+        &format!("[remediate.fleet]\ntable = \"{TABLE}\"\nendpoint_url = \"{closed}\""),
+    );
+    assert!(cfg.contains(&closed));
+    let mut agent = Agent::start_with_env(agent_bin(), &cfg, &[], &ENV).expect("agent");
+    agent
+        .wait_for(Duration::from_secs(20), POLL, |s| {
+            !s["remediation"]["instance"].is_null()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    xfs2.shutdown().expect("shutdown");
+    agent
+        .wait_for(Duration::from_secs(90), POLL, |s| {
+            fleet(s)["state"] == "unavailable"
+        })
+        .unwrap_or_else(|e| panic!("not unavailable: {e}\n{}", agent.log()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(g2.out_of_service(), 0);
+    let s = agent.status();
+    assert!(
+        fleet(&s)["problem"].as_str().unwrap().contains("dynamodb:"),
+        "{:#}",
+        fleet(&s)
+    );
+}
