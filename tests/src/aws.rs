@@ -343,6 +343,9 @@ pub struct Recorder {
     /// Calls (by name) whose answer is held back this long after moto has acted on them: the
     /// call takes effect but the caller does not learn it in time (an agent killed meanwhile).
     pub delays: Arc<Mutex<Vec<(String, Duration)>>>,
+    /// While true, every DynamoDB call is answered `ThrottlingException` (HTTP 400) without
+    /// reaching moto, as DynamoDB answers when a table's capacity is exceeded.
+    pub throttle_dynamodb: Arc<AtomicBool>,
 }
 
 fn call_name(req: &Request) -> String {
@@ -362,6 +365,8 @@ impl Recorder {
         let log = Arc::clone(&calls);
         let delays: Arc<Mutex<Vec<(String, Duration)>>> = Arc::new(Mutex::new(Vec::new()));
         let held = Arc::clone(&delays);
+        let throttle_dynamodb = Arc::new(AtomicBool::new(false));
+        let throttle = Arc::clone(&throttle_dynamodb);
         let server = Server::start(move |mut client| {
             let Ok(clone) = client.try_clone() else {
                 return;
@@ -375,6 +380,18 @@ impl Recorder {
                 name: call_name(&req),
                 at: Instant::now(),
             });
+            let dynamodb = req
+                .header("x-amz-target")
+                .is_some_and(|t| t.starts_with("DynamoDB_20120810."));
+            if dynamodb && throttle.load(Ordering::SeqCst) {
+                let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput."}"#;
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-ErrorType: ThrottlingException\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                return;
+            }
             let head: String = req
                 .head
                 .lines()
@@ -424,6 +441,7 @@ impl Recorder {
             server,
             calls,
             delays,
+            throttle_dynamodb,
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bindsto_tests::{
     Agent, FaultyDisk, XfsMount,
-    aws::{Imds, Moto},
+    aws::{Imds, Moto, Recorder},
     faultyfs_bin,
     ladder::{ENV, metric, outcome, phase},
     privileged, run_with_timeout,
@@ -573,4 +573,53 @@ fn an_unusable_table_holds_every_step_and_says_why() {
         "{:#}",
         fleet(&s)
     );
+}
+
+#[test]
+fn throttled_dynamodb_holds_every_step_until_it_answers() {
+    let _g = privileged();
+    let g = Group::new(5);
+    let proxy = Recorder::start(g.moto.addr).expect("recorder");
+    proxy
+        .throttle_dynamodb
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let imds = Imds::start(&g.instances[0], "us-east-1", &g.cluster, &g.arns[0]).expect("imds");
+    let state = tempfile::tempdir().unwrap();
+    let direct = config(&g, &imds, state.path(), xfs.path(), "5m");
+    let (ok, out) = fleet_cli(&direct, &["init", "--region", "us-east-1"]);
+    assert!(ok, "{out}");
+    // DynamoDB through the throttling proxy; ECS and Auto Scaling straight to moto.
+    let cfg = direct.replace(
+        &format!("table = \"{TABLE}\"\nendpoint_url = \"{}\"", g.moto.url),
+        &format!("table = \"{TABLE}\"\nendpoint_url = \"{}\"", proxy.url()),
+    );
+    assert!(cfg.contains(&proxy.url()));
+    let mut agent = Agent::start_with_env(agent_bin(), &cfg, &[], &ENV).expect("agent");
+    agent
+        .wait_for(Duration::from_secs(20), POLL, |s| {
+            !s["remediation"]["instance"].is_null()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    xfs.shutdown().expect("shutdown");
+    agent
+        .wait_for(Duration::from_secs(60), POLL, |s| {
+            fleet(s)["state"] == "unavailable" && phase(s) == "held"
+        })
+        .unwrap_or_else(|e| panic!("not held while throttled: {e}\n{}", agent.log()));
+    let s = agent.status();
+    let problem = fleet(&s)["problem"].as_str().unwrap_or_default().to_owned();
+    assert!(problem.contains("Throttling"), "{problem}");
+    assert_eq!(g.out_of_service(), 0, "acted while DynamoDB throttled");
+    assert_eq!(agent.healthz().0, 200);
+    // DynamoDB answers again: the host acts after its backoff.
+    proxy
+        .throttle_dynamodb
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    agent
+        .wait_for(Duration::from_secs(60), POLL, |s| phase(s) == "done")
+        .unwrap_or_else(|e| panic!("no recovery: {e}\n{}", agent.log()));
+    assert_eq!(g.out_of_service(), 1);
+    assert!(proxy.count("PutItem") >= 1, "{:?}", proxy.names());
 }
