@@ -105,60 +105,133 @@ def fleet_state(url, arns):
 
 
 def race(url, table, trials, clients, budget):
-    """CLIENTS threads race read-then-conditional-PutItem for a slot of BUDGET in one item."""
+    """CLIENTS threads race read-then-conditional-write for a slot of BUDGET in one item.
+
+    Each trial races twice, on fresh items: with PutItem (what the agent writes) and with
+    UpdateItem. Every client has its own boto3 session (the default session is not
+    thread-safe) made before the trial, and all start together at a barrier. A trial over-grants
+    when more than BUDGET clients saw their conditional write succeed; a torn read is an item
+    read without its `state` (half-made by a concurrent write). Against moto's threaded server
+    UpdateItem over-grants and tears in a few percent of trials (PutItem rarely if ever);
+    serialized (moto_serial.py) neither may happen.
+    """
     import threading
 
-    ddb = client(url, "dynamodb")
-    ddb.create_table(
-        TableName=table,
-        AttributeDefinitions=[{"AttributeName": "group", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "group", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    over = 0
-    for t in range(trials):
-        key = f"race-{t}"
-        granted = []
+    def session_client():
+        return boto3.session.Session().client(
+            "dynamodb",
+            endpoint_url=url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    ddb = session_client()
+    try:
+        ddb.create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "group", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "group", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ddb.exceptions.ResourceInUseException:
+        pass
+    cs = [session_client() for _ in range(clients)]
+
+    def write(c, op, key, item, state):
+        version = {"N": str(int(item["version"]["N"]) + 1 if item else 1)}
+        if item:
+            cond = "#v = :v"
+            names = {"#v": "version"}
+            values = {":v": item["version"]}
+        else:
+            cond = "attribute_not_exists(#g)"
+            names = {"#g": "group"}
+            values = {}
+        if op == "put":
+            args = {"ExpressionAttributeValues": values} if values else {}
+            c.put_item(
+                TableName=table,
+                Item={"group": {"S": key}, "version": version, "state": {"S": state}},
+                ConditionExpression=cond,
+                ExpressionAttributeNames=names,
+                **args,
+            )
+        else:
+            names.update({"#s": "state", "#n": "version"})
+            values.update({":s": {"S": state}, ":n": version})
+            c.update_item(
+                TableName=table,
+                Key={"group": {"S": key}},
+                UpdateExpression="SET #s = :s, #n = :n",
+                ConditionExpression=cond,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+
+    def trial(op, key):
+        granted, torn, errors = [], [], []
         lock = threading.Lock()
+        barrier = threading.Barrier(clients)
 
-        def one(me):
-            c = client(url, "dynamodb")
-            while True:
-                item = c.get_item(TableName=table, Key={"group": {"S": key}}, ConsistentRead=True).get("Item")
-                holders = json.loads(item["state"]["S"])["holders"] if item else []
-                if len(holders) >= budget:
+        def one(k):
+            c, me = cs[k], f"h{k}"
+            try:
+                barrier.wait()
+                while True:
+                    item = c.get_item(
+                        TableName=table, Key={"group": {"S": key}}, ConsistentRead=True
+                    ).get("Item")
+                    if item and "state" not in item:
+                        with lock:
+                            torn.append(me)
+                        continue
+                    holders = json.loads(item["state"]["S"])["holders"] if item else {}
+                    if len(holders) >= budget:
+                        return
+                    holders[me] = {"reason": "race"}
+                    try:
+                        write(c, op, key, item, json.dumps({"holders": holders, "failing": {}}))
+                    except c.exceptions.ConditionalCheckFailedException:
+                        continue
+                    with lock:
+                        granted.append(me)
                     return
-                args = {
-                    "TableName": table,
-                    "Item": {
-                        "group": {"S": key},
-                        "version": {"N": str(int(item["version"]["N"]) + 1 if item else 1)},
-                        "state": {"S": json.dumps({"holders": holders + [me]})},
-                    },
-                }
-                if item:
-                    args["ConditionExpression"] = "#v = :v"
-                    args["ExpressionAttributeNames"] = {"#v": "version"}
-                    args["ExpressionAttributeValues"] = {":v": item["version"]}
-                else:
-                    args["ConditionExpression"] = "attribute_not_exists(#g)"
-                    args["ExpressionAttributeNames"] = {"#g": "group"}
-                try:
-                    c.put_item(**args)
-                except c.exceptions.ConditionalCheckFailedException:
-                    continue
+            except Exception as e:  # reported, not swallowed: a broken race proves nothing
                 with lock:
-                    granted.append(me)
-                return
+                    errors.append(f"{me}: {e!r}")
 
-        threads = [threading.Thread(target=one, args=(f"h{i}",)) for i in range(clients)]
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(clients)]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
-        if len(granted) > budget:
-            over += 1
-    return {"trials": trials, "over_granted": over}
+        if errors:
+            raise SystemExit(f"race {op} {key}: {errors}")
+        return len(granted), len(torn)
+
+    over = {"put": 0, "update": 0}
+    either, torn_reads, max_granted = 0, 0, 0
+    for t in range(trials):
+        bad = False
+        for op in ("put", "update"):
+            granted, torn = trial(op, f"race-{op}-{t}")
+            max_granted = max(max_granted, granted)
+            torn_reads += torn
+            if granted > budget:
+                over[op] += 1
+                bad = True
+        either += bad
+    return {
+        "trials": trials,
+        "clients": clients,
+        "budget": budget,
+        "over_granted": either,
+        "over_granted_put": over["put"],
+        "over_granted_update": over["update"],
+        "torn_reads": torn_reads,
+        "max_granted": max_granted,
+    }
 
 
 def main():

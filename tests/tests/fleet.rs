@@ -623,3 +623,61 @@ fn throttled_dynamodb_holds_every_step_until_it_answers() {
     assert_eq!(g.out_of_service(), 1);
     assert!(proxy.count("PutItem") >= 1, "{:?}", proxy.names());
 }
+
+#[test]
+fn not_on_ec2_the_identity_is_unavailable_once_and_imds_not_asked_again() {
+    let _g = privileged();
+    let vendor = std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").unwrap_or_default();
+    if vendor.contains("Amazon EC2") {
+        println!("SKIP: this machine is an EC2 instance");
+        return;
+    }
+    // An IMDS that accepts and never answers, counting connections.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"dry_run = true
+[[watch]]
+path = "{}"
+[remediate]
+actions = ["asg-unhealthy"]
+state_dir = "{}"
+[remediate.asg_unhealthy]
+imds_url = "http://{addr}"
+"#,
+        dir.path().display(),
+        dir.path().join("state").display()
+    );
+    let mut agent = Agent::start_with_env(agent_bin(), &cfg, &[], &ENV).expect("agent");
+    agent
+        .wait_for(Duration::from_secs(20), POLL, |s| {
+            s["remediation"]["problems"].as_array().is_some_and(|p| {
+                p.iter().any(|x| {
+                    x.as_str()
+                        .is_some_and(|t| t.contains("not an EC2 instance"))
+                })
+            })
+        })
+        .unwrap_or_else(|e| panic!("no not-EC2 problem: {e}\n{}", agent.log()));
+    // Past the 30 s identity retry: still the one attempt.
+    std::thread::sleep(Duration::from_secs(35));
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    println!("FLEET not on EC2: {n} IMDS connection(s) in 35 s");
+    assert_eq!(n, 1, "IMDS asked again");
+    let log = agent.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("not an EC2 instance"))
+        .count();
+    assert_eq!(lines, 1, "one log line, not one per retry: {log}");
+}
