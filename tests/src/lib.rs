@@ -33,6 +33,7 @@ pub mod aws;
 pub mod bpfmap;
 pub mod churn;
 pub mod faulty;
+pub mod fleet;
 pub mod ladder;
 pub mod proc;
 pub mod status;

@@ -7,177 +7,20 @@
 //!
 //! Needs root and moto (`.ci/run` installs it).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bindsto_tests::{
     Agent, FaultyDisk, XfsMount,
-    aws::{Imds, Moto, Recorder},
+    aws::Moto,
     faultyfs_bin,
+    fleet::{
+        GROUP, Group, Host, POLL, TABLE, agent_bin, bindsto_now_ms, fleet, fleet_cli, host, init,
+        wait_all,
+    },
     ladder::{ENV, metric, outcome, phase},
-    privileged, run_with_timeout,
+    privileged,
 };
 use serde_json::Value;
-
-const POLL: Duration = Duration::from_millis(100);
-const TABLE: &str = "bindsto-fleet-test";
-const GROUP: &str = "bindsto-test-asg";
-
-struct Group {
-    moto: Moto,
-    instances: Vec<String>,
-    arns: Vec<String>,
-    cluster: String,
-}
-
-impl Group {
-    fn new(n: usize) -> Group {
-        let moto = Moto::start_serialized().expect("moto");
-        let v = moto
-            .ctl(&["fleet-setup", &n.to_string()])
-            .expect("fleet-setup");
-        let list = |k: &str| -> Vec<String> {
-            v[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap().to_owned())
-                .collect()
-        };
-        Group {
-            instances: list("instances"),
-            arns: list("arns"),
-            cluster: v["cluster"].as_str().unwrap().to_owned(),
-            moto,
-        }
-    }
-
-    /// (container instance status, health) of instance `i`.
-    fn state(&self) -> Vec<(String, String)> {
-        let mut args = vec!["fleet-state"];
-        args.extend(self.arns.iter().map(String::as_str));
-        let v = self.moto.ctl(&args).expect("fleet-state");
-        (0..self.instances.len())
-            .map(|i| {
-                (
-                    v["container_status"][i]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    v["health"][&self.instances[i]]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    fn out_of_service(&self) -> usize {
-        self.state()
-            .iter()
-            .filter(|(c, h)| c == "DRAINING" || h == "Unhealthy")
-            .count()
-    }
-}
-
-/// One agent for instance `i`: ecs-drain and asg-unhealthy on a critical watch of `mount`.
-struct Host {
-    _imds: Imds,
-    _state: tempfile::TempDir,
-    agent: Agent,
-    config: String,
-}
-
-fn config(
-    g: &Group,
-    imds: &Imds,
-    state: &std::path::Path,
-    mount: &std::path::Path,
-    lease: &str,
-) -> String {
-    format!(
-        r#"dry_run = false
-
-[detect]
-scan_interval = "250ms"
-fstypes = ["xfs"]
-
-[[watch]]
-path = "{mount}"
-critical = true
-
-[remediate]
-actions = ["ecs-drain", "asg-unhealthy"]
-hold_down = "1s"
-max_per_hour = 5
-state_dir = "{state}"
-aws_max_attempts = 2
-
-[remediate.ecs_drain]
-introspection_url = "{imds}"
-endpoint_url = "{aws}"
-timeout = "20s"
-
-[remediate.asg_unhealthy]
-imds_url = "{imds}"
-endpoint_url = "{aws}"
-timeout = "20s"
-
-[remediate.fleet]
-table = "{TABLE}"
-endpoint_url = "{aws}"
-max_out_of_service_percent = 20.0
-outage_percent = 50.0
-lease = "{lease}"
-retry = "1s"
-"#,
-        mount = mount.display(),
-        state = state.display(),
-        imds = imds.url(),
-        aws = g.moto.url,
-    )
-}
-
-fn agent_bin() -> std::path::PathBuf {
-    bindsto_tests::agent::default_agent_bin().expect("agent binary")
-}
-
-fn host(g: &Group, i: usize, mount: &std::path::Path, lease: &str) -> Host {
-    let imds = Imds::start(&g.instances[i], "us-east-1", &g.cluster, &g.arns[i]).expect("imds");
-    let state = tempfile::Builder::new()
-        .prefix("bindsto-fleet-")
-        .tempdir()
-        .expect("state");
-    let config = config(g, &imds, state.path(), mount, lease);
-    let mut agent = Agent::start_with_env(agent_bin(), &config, &[], &ENV).expect("agent");
-    agent
-        .wait_for(Duration::from_secs(20), POLL, |s| {
-            !s["remediation"]["instance"].is_null() && s["healthy"] == true
-        })
-        .unwrap_or_else(|e| panic!("agent {i} not ready: {e}\n{}", agent.log()));
-    Host {
-        _imds: imds,
-        _state: state,
-        agent,
-        config,
-    }
-}
-
-/// `bindsto fleet <args>` with the agent's config.
-fn fleet_cli(config: &str, args: &[&str]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("fleet").args(args).arg("--config").arg(&path);
-    cmd.envs(ENV);
-    let out = run_with_timeout(cmd, Duration::from_secs(60)).expect("bindsto fleet");
-    (out.success(), out.output)
-}
-
-fn fleet(s: &Value) -> &Value {
-    &s["remediation"]["fleet"]
-}
 
 #[test]
 fn serialized_moto_never_over_grants() {
@@ -186,6 +29,11 @@ fn serialized_moto_never_over_grants() {
     println!("FLEET moto race: {v}");
     assert_eq!(v["trials"], 20);
     assert_eq!(v["over_granted"], 0, "{v}");
+    // Both kinds of conditional write (PutItem as the agent uses, UpdateItem), and no read of
+    // a half-written item.
+    assert_eq!(v["over_granted_put"], 0, "{v}");
+    assert_eq!(v["over_granted_update"], 0, "{v}");
+    assert_eq!(v["torn_reads"], 0, "{v}");
 }
 
 #[test]
@@ -306,19 +154,6 @@ fn budget_grants_exactly_two_of_three_failing_hosts() {
 }
 
 /// Creates the table with `bindsto fleet init`.
-fn init(h: &Host) {
-    let (ok, out) = fleet_cli(&h.config, &["init", "--region", "us-east-1"]);
-    assert!(ok, "{out}");
-}
-
-fn wait_all(hosts: &mut [Host], what: &str, pred: impl Fn(&Value) -> bool) {
-    for (i, h) in hosts.iter_mut().enumerate() {
-        h.agent
-            .wait_for(Duration::from_secs(60), POLL, &pred)
-            .unwrap_or_else(|e| panic!("host {i}: no {what}: {e}\n{}", h.agent.log()));
-    }
-}
-
 #[test]
 fn a_fleet_outage_takes_no_host_out() {
     let _g = privileged();
@@ -449,13 +284,6 @@ fn an_expired_lease_frees_the_slot_for_a_waiting_host() {
     assert!(live <= 2, "{state:#}");
 }
 
-fn bindsto_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[test]
 fn a_restarted_holder_keeps_its_lease_and_repeats_nothing() {
     let _g = privileged();
@@ -501,183 +329,4 @@ fn a_restarted_holder_keeps_its_lease_and_repeats_nothing() {
         a[&g.instances[0]]["since_ms"], b[&g.instances[0]]["since_ms"],
         "the same lease"
     );
-}
-
-#[test]
-fn an_unusable_table_holds_every_step_and_says_why() {
-    let _g = privileged();
-    let g = Group::new(5);
-    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
-    let xfs = XfsMount::new(&disk).expect("xfs");
-    // No table yet: ResourceNotFoundException.
-    let mut h = host(&g, 0, xfs.path(), "5m");
-    xfs.shutdown().expect("xfs_io shutdown");
-    h.agent
-        .wait_for(Duration::from_secs(60), POLL, |s| {
-            fleet(s)["state"] == "unavailable" && phase(s) == "held"
-        })
-        .unwrap_or_else(|e| panic!("not held: {e}\n{}", h.agent.log()));
-    let s = h.agent.status();
-    let problem = fleet(&s)["problem"].as_str().unwrap_or_default().to_owned();
-    assert!(
-        problem.contains("ResourceNotFound") || problem.contains("not found"),
-        "{problem}"
-    );
-    assert_eq!(outcome(&s, "ecs-drain"), "held_by_budget");
-    assert_eq!(g.out_of_service(), 0, "acted without the budget");
-    assert_eq!(metric(&h.agent, "bindsto_fleet_unavailable"), 1);
-    assert_eq!(h.agent.healthz().0, 200);
-    // DynamoDB answers again (the table exists): the host acts, after its backoff.
-    init(&h);
-    h.agent
-        .wait_for(Duration::from_secs(60), POLL, |s| phase(s) == "done")
-        .unwrap_or_else(|e| panic!("no recovery: {e}\n{}", h.agent.log()));
-    assert_eq!(g.out_of_service(), 1);
-    drop(h);
-
-    // Refused: an endpoint where nothing listens.
-    let g2 = Group::new(5);
-    let disk2 = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
-    let xfs2 = XfsMount::new(&disk2).expect("xfs");
-    let imds = Imds::start(&g2.instances[0], "us-east-1", &g2.cluster, &g2.arns[0]).expect("imds");
-    let state = tempfile::tempdir().unwrap();
-    let closed = format!(
-        "http://127.0.0.1:{}",
-        bindsto_tests::agent::free_port().unwrap()
-    );
-    let cfg = config(&g2, &imds, state.path(), xfs2.path(), "5m").replace(
-        &format!(
-            "[remediate.fleet]\ntable = \"{TABLE}\"\nendpoint_url = \"{}\"",
-            g2.moto.url
-        ),
-        &format!("[remediate.fleet]\ntable = \"{TABLE}\"\nendpoint_url = \"{closed}\""),
-    );
-    assert!(cfg.contains(&closed));
-    let mut agent = Agent::start_with_env(agent_bin(), &cfg, &[], &ENV).expect("agent");
-    agent
-        .wait_for(Duration::from_secs(20), POLL, |s| {
-            !s["remediation"]["instance"].is_null()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    xfs2.shutdown().expect("shutdown");
-    agent
-        .wait_for(Duration::from_secs(90), POLL, |s| {
-            fleet(s)["state"] == "unavailable"
-        })
-        .unwrap_or_else(|e| panic!("not unavailable: {e}\n{}", agent.log()));
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(g2.out_of_service(), 0);
-    let s = agent.status();
-    assert!(
-        fleet(&s)["problem"].as_str().unwrap().contains("dynamodb:"),
-        "{:#}",
-        fleet(&s)
-    );
-}
-
-#[test]
-fn throttled_dynamodb_holds_every_step_until_it_answers() {
-    let _g = privileged();
-    let g = Group::new(5);
-    let proxy = Recorder::start(g.moto.addr).expect("recorder");
-    proxy
-        .throttle_dynamodb
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let disk = FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
-    let xfs = XfsMount::new(&disk).expect("xfs");
-    let imds = Imds::start(&g.instances[0], "us-east-1", &g.cluster, &g.arns[0]).expect("imds");
-    let state = tempfile::tempdir().unwrap();
-    let direct = config(&g, &imds, state.path(), xfs.path(), "5m");
-    let (ok, out) = fleet_cli(&direct, &["init", "--region", "us-east-1"]);
-    assert!(ok, "{out}");
-    // DynamoDB through the throttling proxy; ECS and Auto Scaling straight to moto.
-    let cfg = direct.replace(
-        &format!("table = \"{TABLE}\"\nendpoint_url = \"{}\"", g.moto.url),
-        &format!("table = \"{TABLE}\"\nendpoint_url = \"{}\"", proxy.url()),
-    );
-    assert!(cfg.contains(&proxy.url()));
-    let mut agent = Agent::start_with_env(agent_bin(), &cfg, &[], &ENV).expect("agent");
-    agent
-        .wait_for(Duration::from_secs(20), POLL, |s| {
-            !s["remediation"]["instance"].is_null()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    xfs.shutdown().expect("shutdown");
-    agent
-        .wait_for(Duration::from_secs(60), POLL, |s| {
-            fleet(s)["state"] == "unavailable" && phase(s) == "held"
-        })
-        .unwrap_or_else(|e| panic!("not held while throttled: {e}\n{}", agent.log()));
-    let s = agent.status();
-    let problem = fleet(&s)["problem"].as_str().unwrap_or_default().to_owned();
-    assert!(problem.contains("Throttling"), "{problem}");
-    assert_eq!(g.out_of_service(), 0, "acted while DynamoDB throttled");
-    assert_eq!(agent.healthz().0, 200);
-    // DynamoDB answers again: the host acts after its backoff.
-    proxy
-        .throttle_dynamodb
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    agent
-        .wait_for(Duration::from_secs(60), POLL, |s| phase(s) == "done")
-        .unwrap_or_else(|e| panic!("no recovery: {e}\n{}", agent.log()));
-    assert_eq!(g.out_of_service(), 1);
-    assert!(proxy.count("PutItem") >= 1, "{:?}", proxy.names());
-}
-
-#[test]
-fn not_on_ec2_the_identity_is_unavailable_once_and_imds_not_asked_again() {
-    let _g = privileged();
-    let vendor = std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").unwrap_or_default();
-    if vendor.contains("Amazon EC2") {
-        println!("SKIP: this machine is an EC2 instance");
-        return;
-    }
-    // An IMDS that accepts and never answers, counting connections.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = std::sync::Arc::clone(&accepted);
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in listener.incoming().flatten() {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            held.push(s);
-        }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"dry_run = true
-[[watch]]
-path = "{}"
-[remediate]
-actions = ["asg-unhealthy"]
-state_dir = "{}"
-[remediate.asg_unhealthy]
-imds_url = "http://{addr}"
-"#,
-        dir.path().display(),
-        dir.path().join("state").display()
-    );
-    let mut agent = Agent::start_with_env(agent_bin(), &cfg, &[], &ENV).expect("agent");
-    agent
-        .wait_for(Duration::from_secs(20), POLL, |s| {
-            s["remediation"]["problems"].as_array().is_some_and(|p| {
-                p.iter().any(|x| {
-                    x.as_str()
-                        .is_some_and(|t| t.contains("not an EC2 instance"))
-                })
-            })
-        })
-        .unwrap_or_else(|e| panic!("no not-EC2 problem: {e}\n{}", agent.log()));
-    // Past the 30 s identity retry: still the one attempt.
-    std::thread::sleep(Duration::from_secs(35));
-    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
-    println!("FLEET not on EC2: {n} IMDS connection(s) in 35 s");
-    assert_eq!(n, 1, "IMDS asked again");
-    let log = agent.log();
-    let lines = log
-        .lines()
-        .filter(|l| l.contains("not an EC2 instance"))
-        .count();
-    assert_eq!(lines, 1, "one log line, not one per retry: {log}");
 }
