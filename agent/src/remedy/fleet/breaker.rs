@@ -49,14 +49,7 @@ pub async fn check(rem: &Remediate, identity: &mut Identity, dry: bool, now: Sys
             };
         }
     };
-    let view = format!(
-        "group {}: {} of {} other instances unhealthy or not InService ({:.0}%, limit {}%)",
-        fleet.group,
-        fleet.out_of_service,
-        fleet.total.saturating_sub(1),
-        fleet.percent_out(),
-        a.fleet_max_unhealthy_percent
-    );
+    let view = fleet.view(a.fleet_max_unhealthy_percent);
     if fleet.percent_out() > a.fleet_max_unhealthy_percent {
         if dry {
             return Gate::Go(format!(

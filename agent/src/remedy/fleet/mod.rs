@@ -129,6 +129,19 @@ impl Budget {
         self.report.problem = None;
     }
 
+    /// [`Budget::whoami`], reusing the group already looked up: renewals and the release do
+    /// not ask Auto Scaling again (acquire does, since the group's size sets the budget).
+    async fn known_whoami(
+        &mut self,
+        rem: &Remediate,
+        identity: &mut Identity,
+    ) -> Result<(Instance, String, usize), String> {
+        match (identity.instance.clone(), self.group.clone()) {
+            (Some(me), Some((group, size))) => Ok((me, group, size)),
+            _ => self.whoami(rem, identity).await,
+        }
+    }
+
     /// This host's identity and group, or why they are unknown.
     async fn whoami(
         &mut self,
@@ -209,7 +222,7 @@ impl Budget {
         if dry || !due || self.backing_off(now) {
             return;
         }
-        let (me, group, size) = match self.whoami(rem, identity).await {
+        let (me, group, size) = match self.known_whoami(rem, identity).await {
             Ok(w) => w,
             Err(e) => {
                 self.unavailable(rem, e, now);
@@ -358,7 +371,7 @@ impl Budget {
         if self.backing_off(now) {
             return;
         }
-        let (me, group, size) = match self.whoami(rem, identity).await {
+        let (me, group, size) = match self.known_whoami(rem, identity).await {
             Ok(w) => w,
             Err(e) => {
                 // The lease expires on its own after `lease`.

@@ -27,14 +27,7 @@ pub async fn mark_unhealthy(rem: &Remediate, dry: bool, identity: &mut Identity)
                 format!("instance {} is in no Auto Scaling group", me.instance_id),
             ));
         };
-        let view = format!(
-            "group {}: {} of {} other instances unhealthy or not InService ({:.0}%, limit {}%)",
-            fleet.group,
-            fleet.out_of_service,
-            fleet.total.saturating_sub(1),
-            fleet.percent_out(),
-            a.fleet_max_unhealthy_percent
-        );
+        let view = fleet.view(a.fleet_max_unhealthy_percent);
         if fleet.me_unhealthy && !dry {
             return Ok(StepResult::done(format!(
                 "instance {} is already Unhealthy (not sent again); {view}",

@@ -142,6 +142,17 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The breaker's view in one line, as the step and the gate report it.
+    pub fn view(&self, limit: f64) -> String {
+        format!(
+            "group {}: {} of {} other instances unhealthy or not InService ({:.0}%, limit {limit}%)",
+            self.group,
+            self.out_of_service,
+            self.total.saturating_sub(1),
+            self.percent_out()
+        )
+    }
+
     pub fn percent_out(&self) -> f64 {
         if self.total == 0 {
             return 0.0;
