@@ -252,6 +252,12 @@ def main():
             TableName=args[0], Key={"group": {"S": args[1]}}, ConsistentRead=True
         ).get("Item")
         out = {"item": item}
+    elif cmd == "detach":
+        # Instances leave the group (terminated, scaled in): the group shrinks.
+        client(url, "autoscaling").detach_instances(
+            InstanceIds=args, AutoScalingGroupName=GROUP, ShouldDecrementDesiredCapacity=True
+        )
+        out = {}
     elif cmd == "set-health":
         client(url, "autoscaling").set_instance_health(InstanceId=args[0], HealthStatus=args[1])
         out = {}

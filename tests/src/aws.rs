@@ -216,7 +216,14 @@ impl Server {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Server::start_on("127.0.0.1:0", handle)
+    }
+
+    fn start_on<F>(addr: &str, handle: F) -> anyhow::Result<Server>
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -361,13 +368,19 @@ fn call_name(req: &Request) -> String {
 
 impl Recorder {
     pub fn start(upstream: SocketAddr) -> anyhow::Result<Recorder> {
+        Recorder::start_on("127.0.0.1:0", upstream)
+    }
+
+    /// A recorder on a given address: DynamoDB "comes back" at an endpoint that refused
+    /// connections until now.
+    pub fn start_on(addr: &str, upstream: SocketAddr) -> anyhow::Result<Recorder> {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&calls);
         let delays: Arc<Mutex<Vec<(String, Duration)>>> = Arc::new(Mutex::new(Vec::new()));
         let held = Arc::clone(&delays);
         let throttle_dynamodb = Arc::new(AtomicBool::new(false));
         let throttle = Arc::clone(&throttle_dynamodb);
-        let server = Server::start(move |mut client| {
+        let server = Server::start_on(addr, move |mut client| {
             let Ok(clone) = client.try_clone() else {
                 return;
             };

@@ -53,11 +53,13 @@ fn an_unusable_table_holds_every_step_and_says_why() {
     let xfs2 = XfsMount::new(&disk2).expect("xfs");
     let imds = Imds::start(&g2.instances[0], "us-east-1", &g2.cluster, &g2.arns[0]).expect("imds");
     let state = tempfile::tempdir().unwrap();
-    let closed = format!(
-        "http://127.0.0.1:{}",
-        bindsto_tests::agent::free_port().unwrap()
-    );
-    let cfg = config(&g2, &imds, state.path(), xfs2.path(), "5m").replace(
+    let closed_port = bindsto_tests::agent::free_port().unwrap();
+    let closed = format!("http://127.0.0.1:{closed_port}");
+    let direct = config(&g2, &imds, state.path(), xfs2.path(), "5m");
+    // The table exists; only the endpoint the agent uses refuses connections.
+    let (ok, out) = fleet_cli(&direct, &["init", "--region", "us-east-1"]);
+    assert!(ok, "{out}");
+    let cfg = direct.replace(
         &format!(
             "[remediate.fleet]\ntable = \"{TABLE}\"\nendpoint_url = \"{}\"",
             g2.moto.url
@@ -85,6 +87,22 @@ fn an_unusable_table_holds_every_step_and_says_why() {
         "{:#}",
         fleet(&s)
     );
+    assert_eq!(outcome(&s, "ecs-drain"), "held_by_budget");
+    assert_eq!(agent.healthz().0, 200, "held, not out of service");
+    // DynamoDB comes back at the same address: the host acts after its backoff, once.
+    let back = Recorder::start_on(&format!("127.0.0.1:{closed_port}"), g2.moto.addr)
+        .expect("recorder on the refused port");
+    let t = std::time::Instant::now();
+    agent
+        .wait_for(Duration::from_secs(90), POLL, |s| phase(s) == "done")
+        .unwrap_or_else(|e| panic!("no recovery after refused: {e}\n{}", agent.log()));
+    println!(
+        "FLEET refused -> recovered: acted {} ms after DynamoDB answered",
+        t.elapsed().as_millis()
+    );
+    assert_eq!(g2.out_of_service(), 1);
+    assert!(back.count("GetItem") >= 1, "{:?}", back.names());
+    assert_eq!(agent.healthz().0, 503, "holds the lease: out of service");
 }
 
 #[test]

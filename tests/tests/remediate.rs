@@ -2,9 +2,10 @@
 //! real moto server for ECS and Auto Scaling (through a recording proxy, so order and count are
 //! checked on the wire), the project's own IMDSv2 + ECS introspection fixture, and `exec`.
 //!
-//! `stop-units` is not in these ladders: there is no systemd (PID 1) on the test host; the
+//! `stop-units` runs in no ladder here: there is no systemd (PID 1) on the test host; the
 //! D-Bus client is unit-tested in agent/src/remedy/steps/systemd.rs and proven against real
-//! systemd in the VM tests' systemd guest.
+//! systemd in the VM tests' systemd guest. Held by the breaker it never reaches D-Bus, so that
+//! one case is tested here.
 //!
 //! Needs root and moto (`python3 -m pip install 'moto[server]'`, done by `.ci/run`).
 
@@ -325,4 +326,35 @@ fn breaker_holds_back_while_the_fleet_is_unhealthy_then_retries() {
             .count(),
         1
     );
+}
+
+/// Without a table the breaker holds `stop-units` too: the step never reaches D-Bus (there is
+/// no systemd here, so reaching it would fail the step instead).
+#[test]
+fn breaker_holds_stop_units_too() {
+    let _g = privileged();
+    let w = world(4, 2);
+    let xfs = XfsMount::new(&w.disk).expect("xfs");
+    let m = xfs.path().display().to_string();
+    let exec_out = w.state.path().join("exec-stdin.json");
+    let cfg = config(&w, xfs.path(), false, "breaker_retry = \"2s\"", &exec_out).replace(
+        r#"actions = ["ecs-drain", "asg-unhealthy", "exec"]"#,
+        r#"actions = ["ecs-drain", "stop-units", "asg-unhealthy", "exec"]"#,
+    );
+    assert!(cfg.contains("\"stop-units\""));
+    let mut agent = start_identified(&cfg, &m);
+    xfs.shutdown().expect("xfs_io shutdown");
+    agent
+        .wait_for(Duration::from_secs(60), POLL, |s| {
+            phase(s) == "held"
+                && step(s, "stop-units").and_then(|st| st["attempts"].as_u64()) >= Some(2)
+        })
+        .unwrap_or_else(|e| panic!("breaker did not hold: {e}\n{}", agent.log()));
+    let s = agent.status();
+    for action in ["ecs-drain", "stop-units", "asg-unhealthy", "exec"] {
+        assert_eq!(outcome(&s, action), "held_by_breaker", "{action}: {s:#}");
+    }
+    assert!(metric(&agent, "stop-units", "held_by_breaker") >= 2);
+    assert_eq!(metric(&agent, "stop-units", "failed"), 0, "reached D-Bus");
+    assert!(!exec_out.exists(), "exec ran while held");
 }
