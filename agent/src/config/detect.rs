@@ -24,6 +24,10 @@ pub struct Detect {
     pub nfs_stall_after: Duration,
     #[serde(with = "duration")]
     pub io_errors_window: Duration,
+    /// A device whose requests keep failing with none completing successfully for this long
+    /// is dead: `io_errors` fails it and its mounts instead of degrading them.
+    #[serde(with = "duration")]
+    pub io_dead_after: Duration,
     #[serde(deserialize_with = "threshold_percent")]
     pub fs_full_percent: f64,
     #[serde(deserialize_with = "threshold_percent")]
@@ -42,6 +46,7 @@ impl Default for Detect {
             probe_timeout: Duration::from_secs(5),
             nfs_stall_after: Duration::from_secs(60),
             io_errors_window: Duration::from_secs(5 * 60),
+            io_dead_after: Duration::from_secs(10),
             fs_full_percent: 95.0,
             inodes_full_percent: 95.0,
             fstypes: ["xfs", "ext4", "nfs", "nfs4"].map(String::from).to_vec(),
@@ -57,6 +62,7 @@ pub(super) fn validate(d: &Detect, lines: &KeyLines) -> Result<(), Problem> {
         ("detect.mount_blocked_after", d.mount_blocked_after),
         ("detect.nfs_stall_after", d.nfs_stall_after),
         ("detect.io_errors_window", d.io_errors_window),
+        ("detect.io_dead_after", d.io_dead_after),
     ] {
         if value < d.scan_interval {
             // Point at the key the file sets; if it relies on the default, blame scan_interval.

@@ -282,6 +282,7 @@ mount_blocked_after = "1m"
 probe_timeout = "2s"
 nfs_stall_after = "90s"
 io_errors_window = "10m"
+io_dead_after = "20s"
 fs_full_percent = 90
 inodes_full_percent = 0.0
 fstypes = ["xfs", "fuse.sshfs"]
@@ -305,6 +306,7 @@ path = "/data"
                 probe_timeout: Duration::from_secs(2),
                 nfs_stall_after: Duration::from_secs(90),
                 io_errors_window: Duration::from_secs(600),
+                io_dead_after: Duration::from_secs(20),
                 fs_full_percent: 90.0,
                 inodes_full_percent: 0.0,
                 fstypes: vec!["xfs".into(), "fuse.sshfs".into()],
@@ -499,7 +501,7 @@ timeout = "3s"
             "detect.scan_intervall",
         );
         assert!(
-            e.ends_with("unknown key; expected one of scan_interval, io_stall_after, mount_blocked_after, probe_timeout, nfs_stall_after, io_errors_window, fs_full_percent, inodes_full_percent, fstypes, mount_calls_critical"),
+            e.ends_with("unknown key; expected one of scan_interval, io_stall_after, mount_blocked_after, probe_timeout, nfs_stall_after, io_errors_window, io_dead_after, fs_full_percent, inodes_full_percent, fstypes, mount_calls_critical"),
             "{e}"
         );
         err_at("dry_run = true\nbogus = 1\n", 2, "bogus");

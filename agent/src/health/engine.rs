@@ -70,6 +70,10 @@ pub(super) struct Device {
     pub(super) inflight: u64,
     pub(super) oldest_inflight: Duration,
     pub(super) stalled: bool,
+    /// Whether its failing requests leave any success (`detect.io_dead_after`).
+    pub(super) liveness: super::liveness::Liveness,
+    /// How long every request has failed, once that reached `io_dead_after`.
+    pub(super) dead_for: Option<Duration>,
 }
 
 pub struct Engine {

@@ -8,7 +8,8 @@
 //!
 //! The [`engine`] folds the evidence into targets: kernel events through [`rules`], mount
 //! checks through [`checks`], scanner verdicts through [`verdicts`] and topology diffs
-//! through [`observe`]. It publishes a view of its state ([`view::EngineView`]) through the
+//! through [`observe`]; [`liveness`] tells a device that fails some requests from one that
+//! completes nothing. It publishes a view of its state ([`view::EngineView`]) through the
 //! [`view::Publisher`] it is given, so it never names `publish`, which implements that trait.
 //! Times in JSON are formatted by [`timestamp`]. May depend on `config`, `metrics`, `probes`,
 //! `topology` and `scan`.
@@ -16,6 +17,7 @@
 mod checks;
 pub mod engine;
 mod ext4;
+mod liveness;
 mod observe;
 mod once;
 mod rules;
@@ -23,7 +25,10 @@ pub mod timestamp;
 mod verdicts;
 pub mod view;
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::SystemTime,
+};
 
 use serde::Serialize;
 
@@ -116,7 +121,8 @@ impl Kind {
 
     /// What a signal does to a target of this kind. A mount whose disk is hung cannot serve
     /// its users, so a stall fails the mount as well as the device; errors alone only
-    /// degrade it until XFS itself gives up (shutdown) or the device stalls.
+    /// degrade it until the filesystem gives up (shutdown), the device stalls, or nothing
+    /// completes at all (then the engine escalates `io_errors`, see [`Target::escalate`]).
     pub fn severity(self, signal: Signal) -> State {
         match (self, signal) {
             (
@@ -156,6 +162,9 @@ pub struct Target {
     pub id: String,
     pub critical: bool,
     reasons: BTreeMap<Signal, Reason>,
+    /// Active signals that fail this target although their kind's severity would only
+    /// degrade it (`io_errors` of a device that completes nothing).
+    escalated: BTreeSet<Signal>,
     state: State,
     since: SystemTime,
 }
@@ -167,6 +176,7 @@ impl Target {
             id: id.into(),
             critical,
             reasons: BTreeMap::new(),
+            escalated: BTreeSet::new(),
             state: State::Healthy,
             since: now,
         }
@@ -208,7 +218,22 @@ impl Target {
             return None;
         }
         self.reasons.remove(&signal)?;
+        self.escalated.remove(&signal);
         self.recompute(now)
+    }
+
+    /// Makes an active signal fail this target (`on`) or return to its kind's severity.
+    pub fn escalate(&mut self, signal: Signal, on: bool, now: SystemTime) -> Option<Transition> {
+        let changed = if on && self.reasons.contains_key(&signal) {
+            self.escalated.insert(signal)
+        } else {
+            self.escalated.remove(&signal)
+        };
+        if changed { self.recompute(now) } else { None }
+    }
+
+    pub fn escalated(&self, signal: Signal) -> bool {
+        self.escalated.contains(&signal)
     }
 
     /// Sets a signal to match a level measured by a scan: raised when `active`, cleared
@@ -231,7 +256,13 @@ impl Target {
         let new = self
             .reasons
             .keys()
-            .map(|s| self.kind.severity(*s))
+            .map(|s| {
+                if self.escalated.contains(s) {
+                    State::Failed
+                } else {
+                    self.kind.severity(*s)
+                }
+            })
             .max()
             .unwrap_or(State::Healthy);
         if new == self.state {
@@ -288,6 +319,25 @@ mod tests {
         assert_eq!(t.state(), State::Degraded);
         t.clear(Signal::IoErrors, now());
         assert_eq!(t.state(), State::Healthy);
+    }
+
+    #[test]
+    fn an_escalated_signal_fails_until_lowered_or_cleared() {
+        let mut t = Target::new(Kind::Device, "loop0", true, now());
+        // Only an active signal can be escalated.
+        assert_eq!(t.escalate(Signal::IoErrors, true, now()), None);
+        t.raise(Signal::IoErrors, "1 error".into(), now());
+        assert_eq!(t.state(), State::Degraded);
+        t.escalate(Signal::IoErrors, true, now());
+        assert_eq!(t.state(), State::Failed);
+        t.escalate(Signal::IoErrors, false, now());
+        assert_eq!(t.state(), State::Degraded);
+        t.escalate(Signal::IoErrors, true, now());
+        t.clear(Signal::IoErrors, now());
+        assert_eq!(t.state(), State::Healthy);
+        // Raised again later: degraded, not failed (the escalation went with the clear).
+        t.raise(Signal::IoErrors, "1 error".into(), now());
+        assert_eq!(t.state(), State::Degraded);
     }
 
     #[test]

@@ -178,6 +178,8 @@ impl Engine {
                     inflight: 0,
                     oldest_inflight: Duration::ZERO,
                     stalled: false,
+                    liveness: Default::default(),
+                    dead_for: None,
                 },
             );
         }

@@ -82,21 +82,33 @@ impl Engine {
             }
             KernelEvent::Ext4Error { dev, line, .. } => self.on_ext4_error(*dev, *line, now),
             KernelEvent::BlockError {
-                dev, error, sector, ..
-            } => self.on_block_error(*dev, *error, *sector, now),
+                dev,
+                error,
+                sector,
+                ts_ns,
+            } => self.on_block_error(*dev, *error, *sector, *ts_ns, now),
         }
     }
 
     /// A failed request degrades its disk and the mounts on it, and checks those mounts.
-    fn on_block_error(&mut self, dev: DevId, error: i32, sector: u64, now: SystemTime) {
+    fn on_block_error(&mut self, dev: DevId, error: i32, sector: u64, ts_ns: u64, now: SystemTime) {
         let name = self.count_on_device(dev, |m| &m.block_io_errors);
-        let detail = format!("I/O error {} at sector {sector}", events::errno_name(error));
+        let mut detail = format!("I/O error {} at sector {sector}", events::errno_name(error));
         if let Some(d) = self.devices.get_mut(&name) {
             d.io_errors += 1;
             d.last_error = Some(Instant::now());
-            let detail = format!("{} errors; last: {detail}", d.io_errors);
-            d.last_error_detail.clone_from(&detail);
-            if let Some(t) = d.target.raise(Signal::IoErrors, detail, now) {
+            d.liveness.on_error(ts_ns);
+            let counted = format!("{} errors; last: {detail}", d.io_errors);
+            d.last_error_detail.clone_from(&counted);
+            // A dead device keeps saying so while its errors refresh the detail.
+            if let Some(f) = d.dead_for {
+                detail = format!("{detail}; {}", super::verdicts::dead_detail(f));
+            }
+            let shown = match d.dead_for {
+                Some(f) => format!("{counted}; {}", super::verdicts::dead_detail(f)),
+                None => counted,
+            };
+            if let Some(t) = d.target.raise(Signal::IoErrors, shown, now) {
                 log_transition(&d.target, &t);
             }
         }

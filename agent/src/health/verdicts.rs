@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use agent_ebpf::{MountCall, RqKey, RqVal};
@@ -122,6 +122,7 @@ impl Engine {
         let stall_after = self.cfg.detect.io_stall_after;
         let verdict = scan::block::scan(&self.sysfs, disks, rq, bios, stall_after, now_ns);
         let errors_window = self.cfg.detect.io_errors_window;
+        let dead_after = self.cfg.detect.io_dead_after;
         for (name, v) in verdict.disks {
             let Some(d) = self.devices.get_mut(&name) else {
                 continue;
@@ -133,10 +134,22 @@ impl Engine {
             let detail = v.stall.unwrap_or_default();
             ts.extend(d.target.set(Signal::IoStall, d.stalled, || detail, now));
             let recent_errors = d.last_error.is_some_and(|t| t.elapsed() < errors_window);
-            let err_detail = d.last_error_detail.clone();
+            let dead = d.liveness.on_scan(v.read_ns, v.completed, dead_after);
+            if !recent_errors {
+                d.liveness.forget();
+            }
+            d.dead_for = dead.filter(|_| recent_errors);
+            let err_detail = match d.dead_for {
+                Some(f) => format!("{}; {}", d.last_error_detail, dead_detail(f)),
+                None => d.last_error_detail.clone(),
+            };
             ts.extend(
                 d.target
                     .set(Signal::IoErrors, recent_errors, || err_detail, now),
+            );
+            ts.extend(
+                d.target
+                    .escalate(Signal::IoErrors, d.dead_for.is_some(), now),
             );
             for t in ts {
                 log_transition(&d.target, &t);
@@ -199,6 +212,10 @@ impl Engine {
                 .get(n)
                 .is_some_and(|d| d.target.has(Signal::IoErrors))
         });
+        let dead = o
+            .devices
+            .iter()
+            .find_map(|n| devices.get(n).and_then(|d| Some((n, d.dead_for?, d))));
         let mut ts = Vec::new();
         let stall_detail = || {
             let n = stalled.map_or("", String::as_str);
@@ -214,6 +231,13 @@ impl Engine {
         if !erroring {
             ts.extend(o.target.clear(Signal::IoErrors, now));
         }
+        if let Some((n, f, d)) = dead
+            && o.target.has(Signal::IoErrors)
+        {
+            let detail = format!("{n}: {}; {}", d.last_error_detail, dead_detail(f));
+            ts.extend(o.target.raise(Signal::IoErrors, detail, now));
+        }
+        ts.extend(o.target.escalate(Signal::IoErrors, dead.is_some(), now));
         for t in ts {
             log_transition(&o.target, &t);
         }
@@ -246,4 +270,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// Why `io_errors` fails a target: its device completes nothing (`detect.io_dead_after`).
+pub(super) fn dead_detail(failing_for: Duration) -> String {
+    format!(
+        "dead: every request failed for {:.1}s, none completed successfully",
+        failing_for.as_secs_f64()
+    )
 }

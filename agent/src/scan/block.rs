@@ -100,6 +100,10 @@ pub struct DiskVerdict {
     pub oldest_inflight: Duration,
     /// The `io_stall` detail when the disk is stalled.
     pub stall: Option<String>,
+    /// sysfs completion counters summed (failed requests count too), and when (monotonic ns)
+    /// they were read: the dead-device check compares them with the errors reported before.
+    pub completed: u64,
+    pub read_ns: u64,
 }
 
 /// What one scan of the block layer found: a verdict per observed disk whose sysfs counters
@@ -139,7 +143,9 @@ pub fn scan(
             idle.insert(d.dev, read_ns);
         }
         let bio = bios.get(&d.dev).copied().unwrap_or_default();
-        let v = judge(inflight, no_progress, map, bio, stall_after, now_ns);
+        let mut v = judge(inflight, no_progress, map, bio, stall_after, now_ns);
+        v.completed = completed;
+        v.read_ns = read_ns;
         out.disks.insert(d.name.to_string(), v);
     }
     // Requests of disks outside the observed mounts: nobody judges them, but entries that
@@ -219,6 +225,7 @@ fn judge(
         inflight: inflight.max(bio.bios),
         oldest_inflight,
         stall,
+        ..DiskVerdict::default()
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `pass`   | pass-through; requests parked by `hang` are served now, in arrival order      |
 //! | `error`  | every read/write/fsync/fallocate answers `EIO` (parked requests too)          |
 //! | `hang`   | every read/write/fsync/fallocate is parked (reply kept, answered later)      |
+//! | `flaky`  | every second read/write/fsync/fallocate answers `EIO`, the others pass        |
 //! | `status` | `ok mode=.. parked=.. reads=.. writes=.. fsyncs=.. eio=.. size=..`            |
 //! | `quit`   | release parked requests (served), unmount, exit                               |
 //!
@@ -51,7 +52,7 @@ struct Args {
 fn usage() -> &'static str {
     "usage: faultyfs --workdir DIR\n       \
      faultyfs --backing-dir DIR --mountpoint DIR --control SOCKET [--size-mb N] [--page-cache]\n\
-     control commands (one per line on SOCKET): pass | error | hang | status | quit"
+     control commands (one per line on SOCKET): pass | error | flaky | hang | status | quit"
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -132,6 +133,7 @@ fn handle_client(shared: &Shared, stream: UnixStream, stop: &mpsc::Sender<Stop>)
         let answer = match cmd {
             "pass" => format!("ok mode=pass released={}", switch(Mode::Pass)),
             "error" => format!("ok mode=error released={}", switch(Mode::Error)),
+            "flaky" => format!("ok mode=flaky released={}", switch(Mode::Flaky)),
             "hang" => {
                 switch(Mode::Hang);
                 "ok mode=hang".to_string()
@@ -143,7 +145,7 @@ fn handle_client(shared: &Shared, stream: UnixStream, stop: &mpsc::Sender<Stop>)
                 let _ = stop.send(Stop::Quit(Some(out)));
                 return;
             }
-            other => format!("err unknown command {other:?} (pass|error|hang|status|quit)"),
+            other => format!("err unknown command {other:?} (pass|error|flaky|hang|status|quit)"),
         };
         if writeln!(out, "{answer}").is_err() {
             return;

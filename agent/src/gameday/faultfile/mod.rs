@@ -49,6 +49,9 @@ pub enum Mode {
     Error,
     /// Parked until the mode changes.
     Hang,
+    /// Every second request answered with `EIO`, the others served: a device that fails
+    /// often but is not dead.
+    Flaky,
 }
 
 impl Mode {
@@ -57,12 +60,13 @@ impl Mode {
             Mode::Pass => "pass",
             Mode::Error => "error",
             Mode::Hang => "hang",
+            Mode::Flaky => "flaky",
         }
     }
 
     /// The mode a control command or status line names ([`Mode::name`] backwards).
     pub fn parse(s: &str) -> Option<Mode> {
-        [Mode::Pass, Mode::Error, Mode::Hang]
+        [Mode::Pass, Mode::Error, Mode::Hang, Mode::Flaky]
             .into_iter()
             .find(|m| m.name() == s)
     }
@@ -81,6 +85,8 @@ type Job = Box<dyn FnOnce(&FaultShared, Disposition) + Send>;
 struct FaultState {
     mode: Mode,
     parked: VecDeque<Job>,
+    /// Flips per request in `Flaky`: the next one fails when true.
+    flaky_turn: bool,
 }
 
 #[derive(Default)]
@@ -122,6 +128,16 @@ impl FaultShared {
             Mode::Error => {
                 drop(st);
                 job(self, Disposition::Fail);
+            }
+            Mode::Flaky => {
+                st.flaky_turn = !st.flaky_turn;
+                let d = if st.flaky_turn {
+                    Disposition::Fail
+                } else {
+                    Disposition::Serve
+                };
+                drop(st);
+                job(self, d);
             }
             Mode::Hang => {
                 if self.verbose {
@@ -248,6 +264,7 @@ impl FaultFile {
             backing: file,
             state: Mutex::new(FaultState {
                 mode: Mode::Pass,
+                flaky_turn: false,
                 parked: VecDeque::new(),
             }),
             counters: Counters::default(),
