@@ -21,7 +21,7 @@ use bindsto::{
     probes::dev::DevId,
     probes::events::{CorruptWhat, KernelEvent},
     publish::{shared::Shared, snapshot::StatusPublisher},
-    scan::check::{CheckDone, CheckOutcome, Usage},
+    scan::check::{CheckDone, CheckKind, CheckOutcome, Usage},
     topology::Sysfs,
 };
 use nix::errno::Errno;
@@ -286,14 +286,14 @@ impl Harness {
                 self.engine.on_check_done(CheckDone {
                     mount_point: Self::mount_point(which).into(),
                     mount_id,
-                    outcome: CheckOutcome {
+                    kind: CheckKind::Mount(CheckOutcome {
                         statx: errno.map_or(Ok(()), Err),
                         usage: Some(Usage {
                             space_used_percent: if full { 99.5 } else { 10.0 },
                             inodes_used_percent: Some(1.0),
                         }),
                         elapsed: Duration::from_millis(1),
-                    },
+                    }),
                 });
                 if !stale {
                     let i = which as usize;

@@ -15,6 +15,8 @@ pub fn command(config: Option<PathBuf>, dry_run: bool) -> Result<ExitCode, CliEr
             return Ok(config_exit(e.exit_code()));
         }
     };
+    // Before the capabilities go: the sandbox's read-only view of canary mounts is lifted.
+    crate::daemon::sandbox::writable_canaries(&cfg);
     startup::preload_probes_and_drop_privileges();
     // Threads hung on watched storage must not hold the exit.
     rt::run_to_end(

@@ -63,7 +63,12 @@ impl<'a> KeyLines<'a> {
 
     /// Line of the path of the `i`-th `[[watch]]` block.
     pub(super) fn watch_path(&self, i: usize) -> Option<usize> {
-        self.line(self.item("watch")?.get(i)?.get("path"))
+        self.watch_key(i, "path")
+    }
+
+    /// Line of `key` in the `i`-th `[[watch]]` block.
+    pub(super) fn watch_key(&self, i: usize, key: &str) -> Option<usize> {
+        self.line(self.item("watch")?.get(i)?.get(key))
     }
 }
 

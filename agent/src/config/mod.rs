@@ -12,6 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -98,6 +99,7 @@ impl Default for Config {
                 require_mountpoint: true,
                 must_be_mounted: false,
                 read_only_ok: false,
+                canary: Duration::from_secs(30),
             }],
             remediate: Remediate::default(),
         }
@@ -319,6 +321,7 @@ path = "/data"
                     require_mountpoint: true,
                     must_be_mounted: false,
                     read_only_ok: false,
+                    canary: Duration::ZERO,
                 },
                 Watch {
                     path: "/data".into(),
@@ -326,6 +329,7 @@ path = "/data"
                     require_mountpoint: false,
                     must_be_mounted: false,
                     read_only_ok: false,
+                    canary: Duration::ZERO,
                 },
             ],
             remediate: Remediate::default(),
@@ -344,6 +348,7 @@ path = "/data"
                 require_mountpoint: false,
                 must_be_mounted: false,
                 read_only_ok: false,
+                canary: Duration::ZERO,
             }]
         );
         // Inline form too.

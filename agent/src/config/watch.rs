@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -27,6 +28,10 @@ pub struct Watch {
     /// The mount is meant to be read-only: `read_only` is not raised for this watch.
     #[serde(default)]
     pub read_only_ok: bool,
+    /// How often the write canary runs under `path` (create, write 4 KiB, `fsync`, remove);
+    /// zero (the default) runs none. A write that fails or hangs is `not_writable`.
+    #[serde(default, with = "super::de::duration")]
+    pub canary: Duration,
 }
 
 /// Rebuilt from components so "/a/b/" and "/a//b" both become "/a/b", the spelling mountinfo
@@ -50,6 +55,28 @@ pub(super) fn validate(watch: &[Watch], lines: &KeyLines) -> Result<(), Problem>
         // Mount points are matched by their canonical spelling; ".." would never match.
         if w.path.components().any(|c| c == Component::ParentDir) {
             return Err(problem(format!("path {:?} contains \"..\"", w.path)));
+        }
+        if !w.canary.is_zero() && w.read_only_ok {
+            return Err(Problem {
+                line: lines.watch_key(i, "canary"),
+                key: Some("watch.canary".into()),
+                message: format!(
+                    "[[watch]] #{}: canary writes, but read_only_ok says {:?} is meant to be read-only",
+                    i + 1,
+                    w.path
+                ),
+            });
+        }
+        if !w.canary.is_zero() && w.canary < Duration::from_secs(1) {
+            return Err(Problem {
+                line: lines.watch_key(i, "canary"),
+                key: Some("watch.canary".into()),
+                message: format!(
+                    "[[watch]] #{}: canary {} is too often (at least 1s; \"0s\" turns it off)",
+                    i + 1,
+                    humantime::format_duration(w.canary)
+                ),
+            });
         }
         if let Some(first) = seen.insert(&w.path, i) {
             let at = match lines.watch_path(first) {

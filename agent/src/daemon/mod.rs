@@ -8,6 +8,7 @@ pub mod privileges;
 pub mod reload;
 pub mod rt;
 pub mod run;
+pub mod sandbox;
 pub mod sdnotify;
 pub mod service;
 pub mod startup;

@@ -124,6 +124,7 @@ mod tests {
                 require_mountpoint: false,
                 must_be_mounted: false,
                 read_only_ok: false,
+                canary: std::time::Duration::ZERO,
             }],
             ..Config::default()
         };

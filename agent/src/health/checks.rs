@@ -19,7 +19,7 @@ use crate::{
     metrics,
     scan::{
         self,
-        check::{self, CheckDone},
+        check::{self, CheckDone, CheckKind},
     },
 };
 
@@ -76,7 +76,14 @@ impl Engine {
             Some(o) if o.entry.mount_id == done.mount_id => {}
             _ => return,
         }
-        let outcome = &done.outcome;
+        let outcome = match done.kind {
+            CheckKind::Mount(outcome) => outcome,
+            CheckKind::Canary(outcome) => {
+                self.on_canary_done(&done.mount_point, outcome);
+                return;
+            }
+        };
+        let outcome = &outcome;
         self.count_check(if outcome.statx.is_ok() { "ok" } else { "error" });
         let Some(o) = self.mounts.get_mut(&done.mount_point) else {
             return;

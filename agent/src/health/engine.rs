@@ -51,6 +51,7 @@ pub(super) struct Observed {
     pub(super) check_started_ns: u64,
     pub(super) answered_since_ns: Option<u64>,
     pub(super) ext4: super::ext4::Ext4Follow,
+    pub(super) canary: super::canary::CanaryFollow,
 }
 
 impl Observed {

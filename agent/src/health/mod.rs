@@ -7,13 +7,14 @@
 //! (or an aborted journal) without an unmount.
 //!
 //! The [`engine`] folds the evidence into targets: kernel events through [`rules`], mount
-//! checks through [`checks`], scanner verdicts through [`verdicts`] and topology diffs
+//! checks through [`checks`], write canaries through [`canary`], scanner verdicts through [`verdicts`] and topology diffs
 //! through [`observe`]; [`liveness`] tells a device that fails some requests from one that
 //! completes nothing. It publishes a view of its state ([`view::EngineView`]) through the
 //! [`view::Publisher`] it is given, so it never names `publish`, which implements that trait.
 //! Times in JSON are formatted by [`timestamp`]. May depend on `config`, `metrics`, `probes`,
 //! `topology` and `scan`.
 
+mod canary;
 mod checks;
 pub mod engine;
 mod ext4;
@@ -47,10 +48,12 @@ pub enum Signal {
     FsErrors,
     NotMounted,
     ReadOnly,
+    /// The write canary under a watched path failed or did not answer.
+    NotWritable,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 10] = [
+    pub const ALL: [Signal; 11] = [
         Signal::XfsShutdown,
         Signal::IoErrors,
         Signal::IoStall,
@@ -61,6 +64,7 @@ impl Signal {
         Signal::FsErrors,
         Signal::NotMounted,
         Signal::ReadOnly,
+        Signal::NotWritable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Signal {
             Self::FsErrors => "fs_errors",
             Self::NotMounted => "not_mounted",
             Self::ReadOnly => "read_only",
+            Self::NotWritable => "not_writable",
         }
     }
 
@@ -133,7 +138,8 @@ impl Kind {
                 | Signal::NfsStall
                 | Signal::MountBlocked
                 | Signal::NotMounted
-                | Signal::ReadOnly,
+                | Signal::ReadOnly
+                | Signal::NotWritable,
             ) => State::Failed,
             (_, Signal::IoErrors | Signal::FsFull | Signal::FsErrors) => State::Degraded,
         }

@@ -76,6 +76,7 @@ impl Engine {
                     check_started_ns: 0,
                     answered_since_ns: None,
                     ext4: Default::default(),
+                    canary: Default::default(),
                 },
             );
         }

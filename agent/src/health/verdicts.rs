@@ -250,6 +250,7 @@ impl Engine {
             self.follow_check(&mp, rpc, now);
             self.follow_ext4(&mp, now);
         }
+        self.follow_canaries(now);
     }
 
     fn apply_kernel_stats(&mut self, stats: &PerCpuArray<MapData, u64>) {

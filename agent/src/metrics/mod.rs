@@ -63,6 +63,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// A watch's write canary: the watched path and how the attempt ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    pub target: String,
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
@@ -103,6 +110,7 @@ pub struct Metrics {
     pub table_full: Family<TableLabels, Counter>,
     pub probe_attached: Family<ProbeLabels, Gauge>,
     pub mount_checks: Family<OutcomeLabels, Counter>,
+    pub canary_writes: Family<CanaryLabels, Counter>,
     pub scans: Counter,
     pub scan_duration: GaugeF,
     pub config_reloads: Family<OutcomeLabels, Counter>,
@@ -139,6 +147,7 @@ impl Metrics {
             table_full: Family::default(),
             probe_attached: Family::default(),
             mount_checks: Family::default(),
+            canary_writes: Family::default(),
             scans: Counter::default(),
             scan_duration: GaugeF::default(),
             config_reloads: Family::default(),
@@ -265,6 +274,11 @@ impl Metrics {
             "confirm_probes",
             "Off-thread statx/statfs probes of mounts, by outcome",
             m.mount_checks.clone(),
+        );
+        r.register(
+            "canary_writes",
+            "Write canaries of watched paths (create, 4 KiB, fsync, remove), by outcome: ok, failed, timeout, skipped",
+            m.canary_writes.clone(),
         );
         r.register("scans", "Scanner passes completed", m.scans.clone());
         r.register(

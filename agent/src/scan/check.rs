@@ -53,12 +53,21 @@ pub fn run(mount_point: &Path) -> CheckOutcome {
     }
 }
 
-/// Result of a finished off-thread mount check.
+/// Result of a finished off-thread check of a mount.
 #[derive(Debug)]
 pub struct CheckDone {
     pub mount_point: PathBuf,
     pub mount_id: u32,
-    pub outcome: CheckOutcome,
+    pub kind: CheckKind,
+}
+
+/// Which check answered.
+#[derive(Debug)]
+pub enum CheckKind {
+    /// `statx` + `statfs` of the mount root.
+    Mount(CheckOutcome),
+    /// The write canary of a watch on the mount.
+    Canary(super::canary::CanaryOutcome),
 }
 
 /// Runs [`run`] on a blocking thread; the result is sent to `tx` (a hung check never sends).
@@ -68,7 +77,7 @@ pub fn spawn(tx: mpsc::UnboundedSender<CheckDone>, mount_point: PathBuf, mount_i
         let _ = tx.send(CheckDone {
             mount_point,
             mount_id,
-            outcome,
+            kind: CheckKind::Mount(outcome),
         });
     });
 }

@@ -10,13 +10,16 @@
 //! - [`calls`]: mount-family syscalls in flight;
 //! - [`stats`]: the programs' drop counters;
 //! - [`check`], [`pathcheck`]: `statx`/`statfs` of a mount and `stat` of a watched path, on
-//!   their own threads.
+//!   their own threads;
+//! - [`canary`]: the write canary of a watch (create, write 4 KiB, `fsync`, remove), on its
+//!   own thread.
 //!
 //! May depend on `config`, `probes` and `topology`.
 
 pub mod bio;
 pub mod block;
 pub mod calls;
+pub mod canary;
 pub mod check;
 pub mod pathcheck;
 pub mod rpc;

@@ -16,7 +16,7 @@ use crate::{
         snapshot::StatusPublisher,
         status::{Status, TargetStatus},
     },
-    scan::check::{CheckOutcome, Usage},
+    scan::check::{CheckKind, CheckOutcome, Usage},
 };
 
 struct Fixture {
@@ -58,6 +58,7 @@ fn fixture() -> Fixture {
             require_mountpoint: false,
             must_be_mounted: false,
             read_only_ok: false,
+            canary: Duration::ZERO,
         }],
         ..Config::default()
     };
@@ -172,11 +173,11 @@ fn check_of(mount_id: u32, statx: Result<(), Errno>, usage: Option<Usage>) -> Ch
     CheckDone {
         mount_point: "/mnt/data".into(),
         mount_id,
-        outcome: CheckOutcome {
+        kind: CheckKind::Mount(CheckOutcome {
             statx,
             usage,
             elapsed: Duration::ZERO,
-        },
+        }),
     }
 }
 
@@ -554,6 +555,7 @@ fn must_be_mounted_fails_from_the_start_and_require_mountpoint_waits() {
         require_mountpoint: !must,
         must_be_mounted: must,
         read_only_ok: false,
+        canary: Duration::ZERO,
     };
     with_watch(&mut f, watch(false));
     f.engine.refresh_topology(&mountinfo(30), &|_| Some(true));
@@ -601,6 +603,7 @@ fn a_read_only_critical_mount_fails_unless_read_only_ok() {
             require_mountpoint: false,
             must_be_mounted: false,
             read_only_ok: true,
+            canary: Duration::ZERO,
         },
     );
     f.engine.refresh_topology(&ro, &|_| Some(true));
