@@ -95,7 +95,7 @@ enum Command {
     #[command(after_long_help = help::GAMEDAY)]
     Gameday {
         /// A scenario (xfs-shutdown, disk-errors, disk-stall, mount-hang, recovery, unmount,
-        /// read-only) or `all`.
+        /// read-only, ext4-shutdown, ext4-disk-errors, not-writable) or `all`.
         #[arg(long, default_value = "all")]
         scenario: Vec<String>,
         /// Print the report as JSON.

@@ -196,6 +196,9 @@ fn shutdown_count_equals_the_kernel_log_over_a_hundred_remounts() {
     drop(load);
 }
 
+/// How many errors bpftrace prints one by one: the warm-up's, before fio.
+const WARM_UP_LINES: u64 = 64;
+
 #[test]
 fn block_error_count_equals_a_bpf_count_under_fio() {
     let _g = privileged();
@@ -207,11 +210,11 @@ fn block_error_count_equals_a_bpf_count_under_fio() {
         .map(|(a, b)| (a.parse::<u32>().unwrap(), b.parse::<u32>().unwrap()))
         .unwrap();
     let agent = Agent::start(&config());
-    let lost_before = plain_counter(&agent.metrics(), "bindsto_events_lost_total");
     // The kernel's dev_t in tracepoints: major << 20 | minor.
     let kdev = (major << 20) | minor;
     let prog = format!(
-        "tracepoint:block:block_rq_error /args->dev == {kdev}/ {{ @errors++; }} \
+        "tracepoint:block:block_rq_error /args->dev == {kdev}/ {{ @errors++; \
+         if (@errors <= {WARM_UP_LINES}) {{ printf(\"E %d\\n\", @errors); }} }} \
          END {{ printf(\"ERRORS %d\\n\", @errors); clear(@errors); }}"
     );
     let mut bt = BgProcess::spawn({
@@ -230,8 +233,49 @@ fn block_error_count_equals_a_bpf_count_under_fio() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    disk.set_mode(Mode::Error).expect("error mode");
+    // bpftrace says "Attaching" before its probe is attached: errors made before then reach
+    // the agent only. So the count starts once bpftrace has printed an error of its own, and
+    // both sides are compared from that baseline.
     let dev = disk.loop_dev().to_string_lossy().into_owned();
+    disk.set_mode(Mode::Error).expect("error mode");
+    let t0 = Instant::now();
+    while !bt.output().lines().any(|l| l.starts_with("E ")) {
+        assert!(bt.is_running(), "bpftrace: {}", bt.output());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "bpftrace saw no error: {}",
+            bt.output()
+        );
+        let _ = run_cmd(
+            "dd",
+            &[
+                &format!("if={dev}"),
+                "of=/dev/null",
+                "bs=4k",
+                "count=1",
+                "iflag=direct",
+            ],
+            Duration::from_secs(10),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    disk.set_mode(Mode::Pass).expect("pass mode");
+    let base_text = settled(&agent, Duration::from_secs(2), |t| {
+        device_counter(t, "bindsto_block_io_errors_total", &name)
+    });
+    let kernel_base: u64 = bt
+        .output()
+        .lines()
+        .filter_map(|l| l.strip_prefix("E ")?.trim().parse().ok())
+        .max()
+        .expect("an E line");
+    assert!(
+        kernel_base < WARM_UP_LINES,
+        "warm-up made too many errors to count"
+    );
+    let agent_base = device_counter(&base_text, "bindsto_block_io_errors_total", &name);
+    let lost_before = plain_counter(&base_text, "bindsto_events_lost_total");
+    disk.set_mode(Mode::Error).expect("error mode");
     let fio = run_cmd(
         "fio",
         &[
@@ -262,11 +306,16 @@ fn block_error_count_equals_a_bpf_count_under_fio() {
         .find_map(|l| l.strip_prefix("ERRORS "))
         .unwrap_or_else(|| panic!("no count from bpftrace: {out}"))
         .trim()
-        .parse()
-        .expect("count");
-    let agent_count = device_counter(&agent_text, "bindsto_block_io_errors_total", &name);
+        .parse::<u64>()
+        .expect("count")
+        - kernel_base;
+    let agent_count =
+        device_counter(&agent_text, "bindsto_block_io_errors_total", &name) - agent_base;
     let lost = plain_counter(&agent_text, "bindsto_events_lost_total") - lost_before;
-    eprintln!("CROSSCHECK block_errors kernel={kernel} agent={agent_count} lost={lost}");
+    eprintln!(
+        "CROSSCHECK block_errors kernel={kernel} agent={agent_count} lost={lost} \
+         (after a warm-up of {kernel_base} errors; agent {agent_base})"
+    );
     assert!(
         kernel >= 1000,
         "fio made too few errors ({kernel}): {fio:?}"

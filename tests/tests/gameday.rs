@@ -110,14 +110,14 @@ fn all_scenarios_pass_with_an_in_process_engine_and_leave_nothing() {
     let dir = workdir();
     let out = run_with_timeout(
         gameday_cmd(dir.path(), &["--standalone", "--json"]),
-        Duration::from_secs(240),
+        Duration::from_secs(360),
     )
     .expect("gameday finishes");
     assert!(out.success(), "exit {}:\n{}", out.status, out.output);
     let report = json_of(&out.output);
     assert_eq!(report["observer"], "in-process engine", "{report:#}");
     assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["results"].as_array().map(Vec::len), Some(7));
+    assert_eq!(report["results"].as_array().map(Vec::len), Some(10));
     for r in report["results"].as_array().unwrap() {
         assert_eq!(r["passed"], true, "{r:#}");
         eprintln!(
@@ -130,9 +130,19 @@ fn all_scenarios_pass_with_an_in_process_engine_and_leave_nothing() {
     // mounts at most a scan (250 ms) after their 3 s threshold (plus slack for the writer).
     assert!(latency_ms(result(&report, "xfs-shutdown")) < 1000.0);
     // Mount-table changes are event-driven: within one scan.
-    for s in ["unmount", "read-only"] {
+    for s in ["unmount", "read-only", "ext4-shutdown"] {
         assert!(latency_ms(result(&report, s)) < 1000.0, "{s}: {report:#}");
     }
+    // io_dead_after (2 s) + a scan + the slack, whichever ext4 signal comes first.
+    assert!(latency_ms(result(&report, "ext4-disk-errors")) < 3250.0);
+    // The canary every 1 s, + a scan + the slack, after the filesystem is full.
+    assert!(latency_ms(result(&report, "not-writable")) < 2250.0);
+    assert!(
+        result(&report, "not-writable")["detected"]
+            .as_str()
+            .is_some_and(|d| d.contains("ENOSPC")),
+        "{report:#}"
+    );
     assert!(latency_ms(result(&report, "disk-errors")) < 2000.0);
     assert!(
         result(&report, "disk-errors")["detected"]

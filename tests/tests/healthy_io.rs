@@ -1,6 +1,7 @@
 //! No false positives: a minute of heavy mixed I/O on a healthy loop device (fio: random and
 //! sequential reads and writes, fsync; fstrim for discards) with a short stall threshold must
-//! produce no stall, error or failed verdict.
+//! produce no stall, error or failed verdict, on XFS and on ext4, with the write canary on
+//! (every second, its fsync queued behind fio's).
 //!
 //! Needs root. Run: `cargo xtask test`.
 
@@ -13,16 +14,16 @@ use std::{
 use bindsto_tests::{Agent, BgProcess, privileged, run_cmd};
 use serde_json::Value;
 
-/// A loop device over a sparse file on the root filesystem, with XFS mounted; everything is
-/// undone on drop (only what this fixture created).
-struct PlainXfs {
+/// A loop device over a sparse file on the root filesystem, with XFS or ext4 mounted;
+/// everything is undone on drop (only what this fixture created).
+struct PlainFs {
     dir: tempfile::TempDir,
     loop_dev: String,
     mnt: PathBuf,
 }
 
-impl PlainXfs {
-    fn new(size_mb: u64) -> Self {
+impl PlainFs {
+    fn new(fstype: &str, size_mb: u64) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("bindsto-plain-")
             .tempdir_in("/var/tmp")
@@ -42,15 +43,14 @@ impl PlainXfs {
         let mut me = Self { dir, loop_dev, mnt };
         std::fs::create_dir(&me.mnt).expect("mount point");
         me.mnt = me.mnt.canonicalize().unwrap();
-        run_cmd(
-            "mkfs.xfs",
-            &["-q", "-f", &me.loop_dev],
-            Duration::from_secs(60),
-        )
-        .expect("mkfs");
+        let (mkfs, force) = match fstype {
+            "ext4" => ("mkfs.ext4", "-F"),
+            _ => ("mkfs.xfs", "-f"),
+        };
+        run_cmd(mkfs, &["-q", force, &me.loop_dev], Duration::from_secs(60)).expect("mkfs");
         run_cmd(
             "mount",
-            &["-t", "xfs", &me.loop_dev, me.mnt.to_str().unwrap()],
+            &["-t", fstype, &me.loop_dev, me.mnt.to_str().unwrap()],
             Duration::from_secs(60),
         )
         .expect("mount");
@@ -66,7 +66,7 @@ impl PlainXfs {
     }
 }
 
-impl Drop for PlainXfs {
+impl Drop for PlainFs {
     fn drop(&mut self) {
         let mounted = bindsto_tests::sys::mounts_at(&self.mnt)
             .iter()
@@ -92,8 +92,17 @@ impl Drop for PlainXfs {
 
 #[test]
 fn sixty_seconds_of_heavy_io_raise_nothing() {
+    heavy_io_raises_nothing("xfs");
+}
+
+#[test]
+fn sixty_seconds_of_heavy_io_on_ext4_raise_nothing() {
+    heavy_io_raises_nothing("ext4");
+}
+
+fn heavy_io_raises_nothing(fstype: &str) {
     let _g = privileged();
-    let fs = PlainXfs::new(1024);
+    let fs = PlainFs::new(fstype, 1024);
     let mnt = fs.mnt.display().to_string();
     let name = fs.name();
     let cfg = format!(
@@ -102,10 +111,12 @@ fn sixty_seconds_of_heavy_io_raise_nothing() {
 scan_interval = "250ms"
 io_stall_after = "2s"
 mount_blocked_after = "3s"
-fstypes = ["xfs"]
+io_dead_after = "2s"
+fstypes = ["{fstype}"]
 [[watch]]
 path = "{mnt}"
 critical = true
+canary = "1s"
 "#
     );
     let mut agent = Agent::start(&cfg);
@@ -168,13 +179,26 @@ critical = true
     let after = bindsto_tests::block_stat(&name).expect("stat");
     let done =
         (after.read_ios + after.write_ios).saturating_sub(before.read_ios + before.write_ios);
+    let metrics = agent.metrics();
+    let canaries = |outcome: &str| {
+        let want =
+            format!("bindsto_canary_writes_total{{target=\"{mnt}\",outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&want)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (written, failed) = (canaries("ok"), canaries("failed") + canaries("timeout"));
     eprintln!(
-        "healthy_io: {done} requests completed on {name} in {:?}, {polls} status polls, max inflight seen {max_inflight}",
+        "healthy_io {fstype}: {done} requests completed on {name} in {:?}, {polls} status polls, \
+         max inflight seen {max_inflight}, canary writes {written} ok {failed} failed",
         start.elapsed()
     );
+    // The canary wrote all along, and never failed (a timeout would have failed the watch).
+    assert!(written >= 20, "only {written} canary writes:\n{metrics}");
+    assert_eq!(failed, 0);
     // The load was real: far more requests than a quiet device does in a minute.
     assert!(done > 10_000, "only {done} requests");
-    let metrics = agent.metrics();
     assert!(!metrics.contains(&format!(
         "bindsto_block_io_errors_total{{device=\"{name}\"}}"
     )));

@@ -67,6 +67,7 @@ const NFS_MODULES: &[&str] = &["nfsv4", "nfs", "sunrpc"];
 /// host for the rest matches.
 pub const USERSPACE_SUITE: &str = "bookworm";
 const DM_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm_mod", "xfs"];
+const DM_EXT4_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm_mod", "ext4"];
 
 /// The NFS client alone, mounting a blackhole server: the mount-hang scenarios.
 const NFS_CLIENT: Scenario = Scenario {
@@ -94,6 +95,22 @@ const DM_ONE_DISK: Scenario = Scenario {
     failing_disk: None,
     rootfs: false,
     time_limit_s: 300,
+};
+
+/// The debootstrap root with real systemd (vda) and the watched XFS (vdb): the systemd
+/// scenarios differ only in the fault they inject into the critical watch.
+const SYSTEMD_GUEST: Scenario = Scenario {
+    name: "",
+    modules: &["virtio_pci", "virtio_blk", "ext4", "xfs"],
+    late_modules: &[],
+    programs: &[],
+    debs: &[],
+    deb_programs: &[],
+    // vda is the root filesystem (added by the harness); vdb the watched XFS.
+    disks: &[(320, true)],
+    failing_disk: None,
+    rootfs: true,
+    time_limit_s: 420,
 };
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -141,6 +158,15 @@ pub const SCENARIOS: &[Scenario] = &[
         ..DM_ONE_DISK
     },
     Scenario {
+        name: "ebs-detach-ext4",
+        modules: DM_EXT4_MODULES,
+        // The ext4 is made in the guest, on the dm device (the host's e2fsprogs, with the
+        // libraries ldd lists): the disk stays raw.
+        programs: &["/usr/sbin/dmsetup", "/usr/sbin/mkfs.ext4"],
+        disks: &[(512, false)],
+        ..DM_ONE_DISK
+    },
+    Scenario {
         name: "ebs-stall",
         ..DM_ONE_DISK
     },
@@ -158,16 +184,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "systemd-ecs-stop",
-        modules: &["virtio_pci", "virtio_blk", "ext4", "xfs"],
-        late_modules: &[],
-        programs: &[],
-        debs: &[],
-        deb_programs: &[],
-        // vda is the root filesystem (added by the harness); vdb the watched XFS.
-        disks: &[(320, true)],
-        failing_disk: None,
-        rootfs: true,
-        time_limit_s: 420,
+        ..SYSTEMD_GUEST
+    },
+    Scenario {
+        name: "unmount-critical",
+        ..SYSTEMD_GUEST
     },
 ];
 
@@ -211,5 +232,11 @@ mod tests {
         assert!(not_applicable("xfs-shutdown-5.10", "5.10").is_none());
         assert!(not_applicable("xfs-shutdown-5.10", "6.12").is_some());
         assert!(not_applicable("ebs-stall", "6.1").is_none());
+        for k in KERNELS {
+            assert!(not_applicable("ebs-detach-ext4", k.name).is_none());
+            assert!(not_applicable("unmount-critical", k.name).is_none());
+        }
+        assert!(scenario("unmount-critical").is_some_and(|s| s.rootfs));
+        assert!(scenario("ebs-detach-ext4").is_some_and(|s| !s.rootfs));
     }
 }

@@ -83,13 +83,16 @@ EXAMPLES:
 
 pub const GAMEDAY: &str = "\
 Breaks storage on purpose, on scratch storage of its own only: a fault-injecting file served
-over FUSE by this process, a loop device over it and XFS on that, in a new directory under
---workdir (refused if it is a device, a missing directory or a mount other than tmpfs).
+over FUSE by this process, a loop device over it and XFS (or ext4) on that, in a new directory
+under --workdir (refused if it is a device, a missing directory or a mount other than tmpfs).
 Scenarios: xfs-shutdown (xfs_io shutdown), disk-errors (the disk fails writes; detected through
 the log-error path without the shutdown tracepoint), disk-stall (I/O parked), mount-hang (a
 mount of the parked disk), recovery (a stall released), unmount (umount -l of the watched XFS:
-not_mounted), read-only (remount,ro: read_only; these two always use an engine in this process,
-whose critical watch is on the scratch path). Each is injected, the verdict awaited
+not_mounted), read-only (remount,ro: read_only), ext4-shutdown (xfs_io shutdown on ext4:
+fs_shutdown), ext4-disk-errors (the disk fails under ext4 with a writer: fs_shutdown, read_only
+or the device dead for io_dead_after), not-writable (the XFS filled up: the write canary fails
+with ENOSPC). unmount, read-only and not-writable always use an engine in this process, whose
+critical watch is on the scratch path. Each is injected, the verdict awaited
 from the agent at --addr (or, if none answers, an engine in this process), its latency measured,
 and everything restored and removed, also on Ctrl-C or SIGTERM.
 

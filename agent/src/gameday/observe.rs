@@ -19,6 +19,11 @@ use crate::{
 pub const SCAN: Duration = Duration::from_millis(250);
 pub const STALL_AFTER: Duration = Duration::from_secs(3);
 pub const BLOCKED_AFTER: Duration = Duration::from_secs(3);
+pub const DEAD_AFTER: Duration = Duration::from_secs(2);
+/// The canary interval, where a scenario turns the canary on.
+pub const CANARY_EVERY: Duration = Duration::from_secs(1);
+/// The mount check's timeout, which the canary shares.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// True if an agent answers `/status` at `addr`.
 pub fn agent_at(addr: SocketAddr) -> bool {
@@ -105,20 +110,29 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Starts an engine watching `watch` as critical; `layouts` hides tracepoints (see
-    /// [`in_process::run`]).
+    /// Starts an engine watching `watch` as critical, with a write canary every
+    /// [`CANARY_EVERY`] if `canary`; `layouts` hides tracepoints (see [`in_process::run`]).
     pub fn start(
         rt: &tokio::runtime::Handle,
         watch: &Path,
         layouts: Option<PathBuf>,
+        canary: bool,
     ) -> Result<InProcess, GamedayError> {
+        let canary = if canary {
+            format!("canary = \"{}s\"\n", CANARY_EVERY.as_secs())
+        } else {
+            String::new()
+        };
         let toml = format!(
             "listen = \"127.0.0.1:0\"\ndry_run = true\n[detect]\nscan_interval = \"{}ms\"\n\
-             io_stall_after = \"{}s\"\nmount_blocked_after = \"{}s\"\nprobe_timeout = \"2s\"\n\
-             fstypes = [\"xfs\"]\n[[watch]]\npath = {}\ncritical = true\nrequire_mountpoint = true\n",
+             io_stall_after = \"{}s\"\nmount_blocked_after = \"{}s\"\nio_dead_after = \"{}s\"\n\
+             probe_timeout = \"{}s\"\nfstypes = [\"xfs\", \"ext4\"]\n[[watch]]\npath = {}\n\
+             critical = true\nrequire_mountpoint = true\n{canary}",
             SCAN.as_millis(),
             STALL_AFTER.as_secs(),
             BLOCKED_AFTER.as_secs(),
+            DEAD_AFTER.as_secs(),
+            PROBE_TIMEOUT.as_secs(),
             Value::String(watch.display().to_string()),
         );
         let cfg = Config::from_toml(&toml, "gameday")

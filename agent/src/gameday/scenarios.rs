@@ -16,9 +16,10 @@ use super::{
     status_doc::{device_errors, reason, state},
 };
 
+mod ext4;
 mod mount;
 
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 10] = [
     "xfs-shutdown",
     "disk-errors",
     "disk-stall",
@@ -26,6 +27,9 @@ pub const SCENARIOS: [&str; 7] = [
     "recovery",
     "unmount",
     "read-only",
+    "ext4-shutdown",
+    "ext4-disk-errors",
+    "not-writable",
 ];
 
 /// Slack on top of threshold + one scan: the writer's I/O reaching the disk, the status
@@ -57,7 +61,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn observer(&self, scratch: &Scratch, hide_shutdown: bool) -> Result<Observer, GamedayError> {
+    fn observer(
+        &self,
+        scratch: &Scratch,
+        hide_shutdown: bool,
+        canary: bool,
+    ) -> Result<Observer, GamedayError> {
         match self.agent {
             Some(a) => Ok(Observer::Agent(a)),
             None => {
@@ -72,6 +81,7 @@ impl Ctx {
                     &self.rt,
                     &scratch.mnt(),
                     layouts,
+                    canary,
                 )?))
             }
         }
@@ -109,6 +119,9 @@ pub fn run(ctx: &Ctx, name: &'static str) -> Result<ExperimentOutcome, GamedayEr
         "mount-hang" => mount_hang(ctx)?,
         "unmount" => mount::unmount(ctx)?,
         "read-only" => mount::read_only(ctx)?,
+        "ext4-shutdown" => ext4::shutdown(ctx)?,
+        "ext4-disk-errors" => ext4::disk_errors(ctx)?,
+        "not-writable" => mount::not_writable(ctx)?,
         _ => recovery(ctx)?,
     };
     Ok(ExperimentOutcome {
@@ -125,18 +138,28 @@ pub fn run(ctx: &Ctx, name: &'static str) -> Result<ExperimentOutcome, GamedayEr
 
 /// Fresh scratch storage with an XFS mounted, and an observer that sees it healthy.
 fn mounted(ctx: &Ctx, hide_shutdown: bool) -> Result<(Scratch, Observer), GamedayError> {
+    mounted_as(ctx, "xfs", hide_shutdown, false)
+}
+
+/// As [`mounted`] with `fstype`, and the in-process engine's canary on if `canary`.
+fn mounted_as(
+    ctx: &Ctx,
+    fstype: &'static str,
+    hide_shutdown: bool,
+    canary: bool,
+) -> Result<(Scratch, Observer), GamedayError> {
     let mut scratch = Scratch::new(&ctx.workdir)?;
-    scratch.mkfs()?;
+    scratch.mkfs_as(fstype)?;
     let mnt = scratch.mnt();
     scratch.mount_at(&mnt)?;
-    let obs = ctx.observer(&scratch, hide_shutdown)?;
+    let obs = ctx.observer(&scratch, hide_shutdown, canary)?;
     let m = mnt.display().to_string();
     let seen = obs.wait_for(Duration::from_secs(20), |s| {
         state(s, "mount", &m) == "healthy"
     })?;
     if seen.is_none() {
         return Err(GamedayError::Agent(format!(
-            "the {} never reported the scratch mount {m} healthy (does it observe xfs mounts?)",
+            "the {} never reported the scratch mount {m} healthy (does it observe {fstype} mounts?)",
             obs.describe()
         )));
     }
@@ -302,7 +325,7 @@ fn mount_hang(ctx: &Ctx) -> Result<Run, GamedayError> {
     const EXPECTED: &str = "blocked mount call listed";
     let mut scratch = Scratch::new(&ctx.workdir)?;
     scratch.mkfs()?;
-    let obs = ctx.observer(&scratch, false)?;
+    let obs = ctx.observer(&scratch, false, false)?;
     if obs
         .wait_for(Duration::from_secs(20), |s| {
             state(s, "subsystem", "mount") != "absent"

@@ -1,5 +1,5 @@
 //! Scratch storage for GameDay: a fresh directory holding a backing file, the fault-injecting
-//! FUSE file over it, a loop device over that, and XFS mounts of the loop device. Everything
+//! FUSE file over it, a loop device over that, and XFS (or ext4) mounts of the loop device. Everything
 //! is undone on drop, in the order that cannot hang: release parked I/O, end our child
 //! processes, unmount our mounts, detach our loop device, unmount FUSE, remove the directory.
 //! Nothing outside the directory is ever mounted, formatted or removed.
@@ -168,6 +168,8 @@ pub struct Scratch {
     fault: Option<FaultFile>,
     loop_dev: Option<String>,
     loop_name: String,
+    /// The filesystem `mkfs` makes and the mounts mount: `xfs` unless [`Scratch::mkfs_as`].
+    fstype: &'static str,
     /// Mount points we mounted the loop device at (unmounted on drop).
     mounts: Vec<PathBuf>,
     children: Vec<Bg>,
@@ -186,6 +188,7 @@ impl Scratch {
             fault: None,
             loop_dev: None,
             loop_name: String::new(),
+            fstype: "xfs",
             mounts: Vec::new(),
             children: Vec::new(),
         };
@@ -235,7 +238,7 @@ impl Scratch {
         &self.top
     }
 
-    /// Where the XFS is mounted.
+    /// Where the filesystem is mounted.
     pub fn mnt(&self) -> PathBuf {
         self.top.join("mnt")
     }
@@ -254,33 +257,44 @@ impl Scratch {
         }
     }
 
-    pub fn mkfs(&self) -> Result<(), GamedayError> {
-        run(
-            "mkfs.xfs",
-            &["-f", "-K", "-q", self.loop_dev()],
-            Duration::from_secs(120),
-        )
-        .map(|_| ())
+    pub fn mkfs(&mut self) -> Result<(), GamedayError> {
+        self.mkfs_as("xfs")
     }
 
-    /// Mounts the XFS at `at` (a directory inside the scratch directory).
+    /// Makes `fstype` (`xfs` or `ext4`) on the loop device; later mounts mount it.
+    pub fn mkfs_as(&mut self, fstype: &'static str) -> Result<(), GamedayError> {
+        self.fstype = fstype;
+        let dev = self.loop_dev().to_string();
+        // No discard: it would go through the fault file to the backing file for nothing.
+        let (program, args): (&str, Vec<&str>) = match fstype {
+            "ext4" => ("mkfs.ext4", vec!["-F", "-q", "-E", "nodiscard", &dev]),
+            _ => ("mkfs.xfs", vec!["-f", "-K", "-q", &dev]),
+        };
+        run(program, &args, Duration::from_secs(120)).map(|_| ())
+    }
+
+    /// Mounts the filesystem at `at` (a directory inside the scratch directory).
     pub fn mount_at(&mut self, at: &Path) -> Result<(), GamedayError> {
         self.mounts.push(at.to_path_buf());
         let at_s = at.to_string_lossy().into_owned();
         let dev = self.loop_dev().to_string();
         run(
             "mount",
-            &["-t", "xfs", &dev, &at_s],
+            &["-t", self.fstype, &dev, &at_s],
             Duration::from_secs(60),
         )
         .map(|_| ())
     }
 
-    /// Starts `mount -t xfs` of the loop device at `at` in the background (it may hang).
+    /// Starts `mount -t <fstype>` of the loop device at `at` in the background (it may hang).
     pub fn mount_in_background(&mut self, at: &Path) -> Result<(), GamedayError> {
         self.mounts.push(at.to_path_buf());
         let dev = self.loop_dev().to_string();
-        let bg = Bg::spawn(Command::new("mount").args(["-t", "xfs", &dev]).arg(at))?;
+        let bg = Bg::spawn(
+            Command::new("mount")
+                .args(["-t", self.fstype, &dev])
+                .arg(at),
+        )?;
         self.children.push(bg);
         Ok(())
     }

@@ -19,7 +19,14 @@ use super::{
 use crate::{
     metrics::CanaryLabels,
     scan::canary::{self, CanaryOutcome},
+    topology::MountEntry,
 };
+
+/// Whether a canary's `errno` comes from this namespace's read-only view of a filesystem that
+/// is itself writable (skipped), rather than from the filesystem (a failure).
+fn only_the_view_is_read_only(errno: Errno, entry: &MountEntry) -> bool {
+    errno == Errno::EROFS && entry.read_only().is_none() && entry.view_read_only()
+}
 
 /// One mount's canary: the attempt in flight, when the last one started, where it writes.
 #[derive(Debug, Default)]
@@ -144,11 +151,10 @@ impl Engine {
             }
             // The filesystem is writable but this namespace's view of the mount is not (the
             // unit's ProtectSystem=strict, where the start-up remount could not lift it): the
-            // runtime may well write, so this says nothing about the storage.
-            CanaryOutcome::Failed {
-                errno: Errno::EROFS,
-                ..
-            } if o.entry.read_only().is_none() => {
+            // runtime may well write, so this says nothing about the storage. EROFS through a
+            // view that is rw is the filesystem refusing writes (ext4's emergency read-only
+            // after a journal abort, which mountinfo shows only on newer kernels): a failure.
+            CanaryOutcome::Failed { errno, .. } if only_the_view_is_read_only(errno, &o.entry) => {
                 if !o.canary.sandbox_warned {
                     o.canary.sandbox_warned = true;
                     warn!(path = %dir.display(), "write canary skipped: the mount is read-only only in the agent's sandbox");
@@ -156,8 +162,13 @@ impl Engine {
                 "skipped"
             }
             CanaryOutcome::Failed { step, errno } => {
+                let refused = if errno == Errno::EROFS && o.entry.read_only().is_none() {
+                    " (the mount is rw: the filesystem itself refuses writes)"
+                } else {
+                    ""
+                };
                 let detail = format!(
-                    "write canary under {}: {step} failed: {errno}",
+                    "write canary under {}: {step} failed: {errno}{refused}",
                     dir.display()
                 );
                 if let Some(t) = o.target.raise(Signal::NotWritable, detail, now) {
@@ -171,5 +182,41 @@ impl Engine {
             }
         };
         self.count_canary(&dir, counted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::parse_mountinfo;
+
+    fn entry(options: &str, super_options: &str) -> MountEntry {
+        let line =
+            format!("40 22 7:0 / /var/lib/docker {options} - ext4 /dev/loop0 {super_options}\n");
+        parse_mountinfo(&line).unwrap().remove(0)
+    }
+
+    #[test]
+    fn erofs_counts_as_a_failure_unless_only_the_view_is_read_only() {
+        // The sandbox's read-only bind of a writable filesystem: says nothing about storage.
+        assert!(only_the_view_is_read_only(
+            Errno::EROFS,
+            &entry("ro,relatime", "rw")
+        ));
+        // Mounted rw everywhere, yet EROFS: ext4's emergency read-only (journal aborted) on a
+        // kernel whose mountinfo does not show it.
+        assert!(!only_the_view_is_read_only(
+            Errno::EROFS,
+            &entry("rw,relatime", "rw")
+        ));
+        // The filesystem itself read-only (read_only reports it; the canary fails too).
+        assert!(!only_the_view_is_read_only(
+            Errno::EROFS,
+            &entry("ro", "ro")
+        ));
+        assert!(!only_the_view_is_read_only(
+            Errno::ENOSPC,
+            &entry("ro", "rw")
+        ));
     }
 }

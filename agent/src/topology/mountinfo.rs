@@ -44,6 +44,12 @@ impl MountEntry {
             .any(|o| o == "ro")
             .then_some("the filesystem is read-only (ro in the superblock options)")
     }
+
+    /// Whether this namespace's view of the mount is read-only (the per-mount `ro`: a
+    /// read-only bind such as the agent's sandbox), whatever the filesystem is.
+    pub fn view_read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+    }
 }
 
 /// Reads and parses this process's mount table.
