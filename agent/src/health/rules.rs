@@ -101,13 +101,11 @@ impl Engine {
             let counted = format!("{} errors; last: {detail}", d.io_errors);
             d.last_error_detail.clone_from(&counted);
             // A dead device keeps saying so while its errors refresh the detail.
-            if let Some(f) = d.dead_for {
-                detail = format!("{detail}; {}", super::verdicts::dead_detail(f));
+            let mut shown = counted;
+            if let Some(dead) = d.dead_for.map(super::verdicts::dead_detail) {
+                detail = format!("{detail}; {dead}");
+                shown = format!("{shown}; {dead}");
             }
-            let shown = match d.dead_for {
-                Some(f) => format!("{counted}; {}", super::verdicts::dead_detail(f)),
-                None => counted,
-            };
             if let Some(t) = d.target.raise(Signal::IoErrors, shown, now) {
                 log_transition(&d.target, &t);
             }
