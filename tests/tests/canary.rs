@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use bindsto_tests::status::{has_reason, state, target};
+use bindsto_tests::status::{critical_watch_config, has_reason, reasons, state};
 use bindsto_tests::{Agent, FaultyDisk, Mode, XfsMount, faultyfs_bin, privileged};
 use serde_json::Value;
 
@@ -16,30 +16,16 @@ const POLL: Duration = Duration::from_millis(50);
 const CANARY_FILE: &str = ".bindsto-canary";
 
 fn config(watch: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:9842"
-dry_run = true
-
-[detect]
-scan_interval = "250ms"
-probe_timeout = "2s"
-io_stall_after = "60s"
-fs_full_percent = 0.0
-inodes_full_percent = 0.0
-fstypes = ["xfs"]
-
-[[watch]]
-path = "{watch}"
-critical = true
-canary = "1s"
-"#
+    critical_watch_config(
+        watch,
+        "io_stall_after = \"60s\"\nfs_full_percent = 0.0\ninodes_full_percent = 0.0\n\
+         fstypes = [\"xfs\"]",
+        "canary = \"1s\"\n",
     )
 }
 
 fn detail(s: &Value, m: &str) -> String {
-    target(s, "mount", m)
-        .map(|t| t["reasons"].to_string())
-        .unwrap_or_default()
+    reasons(s, "mount", m)
 }
 
 fn canaries(agent: &Agent, m: &str, outcome: &str) -> u64 {

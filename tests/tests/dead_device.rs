@@ -18,30 +18,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bindsto_tests::status::{has_reason, state, target};
+use bindsto_tests::status::{critical_watch_config, has_reason, reasons, state};
 use bindsto_tests::{Agent, FaultyDisk, Mode, XfsMount, faultyfs_bin, privileged};
-use serde_json::Value;
 
 const POLL: Duration = Duration::from_millis(50);
 const DEAD_AFTER: Duration = Duration::from_secs(2);
 const SCAN: Duration = Duration::from_millis(250);
 
 fn config(watch: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:9842"
-dry_run = true
-
-[detect]
-scan_interval = "250ms"
-probe_timeout = "2s"
-io_dead_after = "2s"
-fstypes = ["ext4"]
-
-[[watch]]
-path = "{watch}"
-critical = true
-"#
-    )
+    critical_watch_config(watch, "io_dead_after = \"2s\"\nfstypes = [\"ext4\"]", "")
 }
 
 /// Reads 4 KiB blocks of the raw device with O_DIRECT, round and round, counting answers.
@@ -103,12 +88,6 @@ impl Drop for Reader {
             let _ = t.join();
         }
     }
-}
-
-fn reasons(s: &Value, kind: &str, id: &str) -> String {
-    target(s, kind, id)
-        .map(|t| t["reasons"].to_string())
-        .unwrap_or_default()
 }
 
 fn start(m: &str, dev: &str) -> Agent {

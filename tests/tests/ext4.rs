@@ -9,27 +9,14 @@
 
 use std::time::{Duration, Instant};
 
-use bindsto_tests::status::{has_reason, state};
+use bindsto_tests::status::{critical_watch_config, has_reason, state};
 use bindsto_tests::{Agent, FaultyDisk, XfsMount, faultyfs_bin, privileged};
 
 const SIZE_MB: u64 = 64;
 const POLL: Duration = Duration::from_millis(20);
 
 fn config(watch: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:9842"
-dry_run = true
-
-[detect]
-scan_interval = "250ms"
-probe_timeout = "2s"
-fstypes = ["ext4"]
-
-[[watch]]
-path = "{watch}"
-critical = true
-"#
-    )
+    critical_watch_config(watch, "fstypes = [\"ext4\"]", "")
 }
 
 fn start(m: &str) -> Agent {
