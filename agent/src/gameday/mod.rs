@@ -271,8 +271,8 @@ mod tests {
 
     #[test]
     fn scenario_selection() {
-        assert_eq!(scenarios::select(&[]).unwrap().len(), 7);
-        assert_eq!(scenarios::select(&["all".into()]).unwrap().len(), 7);
+        assert_eq!(scenarios::select(&[]).unwrap().len(), 10);
+        assert_eq!(scenarios::select(&["all".into()]).unwrap().len(), 10);
         assert_eq!(
             scenarios::select(&["disk-stall".into(), "recovery".into()]).unwrap(),
             vec!["disk-stall", "recovery"]
