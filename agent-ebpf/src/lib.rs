@@ -74,10 +74,13 @@ pub enum Field {
     Ext4ShutdownFlags,
     Ext4ErrorDev,
     Ext4ErrorLine,
+    /// The operation (`rwbs`: "W", "RA", "FWS", ...), recorded for the incident evidence.
+    RqIssueRwbs,
+    BioQueueRwbs,
 }
 
 /// Number of [`Field`] variants.
-pub const FIELD_COUNT: usize = Field::Ext4ErrorLine as usize + 1;
+pub const FIELD_COUNT: usize = Field::BioQueueRwbs as usize + 1;
 
 /// Offsets of every [`Field`] plus behaviour flags; one entry in the `OFFSETS` array map.
 #[repr(C)]
@@ -196,7 +199,13 @@ pub struct RqVal {
     pub start_ns: u64,
     pub count: u32,
     pub nr_sector: u32,
+    /// The first request's `rwbs` (NUL-padded; 8 bytes are enough for every combination the
+    /// kernel writes and fit both its 8- and 10-byte layouts); zero for RPC tasks.
+    pub op: [u8; OP_LEN],
 }
+
+/// Bytes of `rwbs` kept per in-flight request.
+pub const OP_LEN: usize = 8;
 
 /// Completions of tracked bios on one device (`BIO_DONE`, keyed by kernel `dev_t`): progress
 /// for the bio-level stall check.

@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod evidence;
 pub mod gameday;
 pub mod health;
 pub mod metrics;

@@ -117,6 +117,16 @@ enum Command {
         #[arg(long, default_value = "150s", value_parser = humantime::parse_duration)]
         agent_timeout: Duration,
     },
+    /// Incidents and their evidence, read from the state directory (works after the agent or
+    /// the host's storage is gone, as long as the root disk answers).
+    #[command(after_long_help = help::INCIDENT)]
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
+    /// Internal: the privileged reader `bindsto run` starts for incident evidence.
+    #[command(name = "evidence-helper", hide = true)]
+    EvidenceHelper,
     /// The shared out-of-service budget (DynamoDB): create its table, list leases and failing
     /// hosts.
     Fleet {
@@ -153,6 +163,28 @@ enum FleetCommand {
         group: Option<String>,
         #[arg(long)]
         region: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IncidentCommand {
+    /// The incidents kept in the state directory, newest first (id, targets, opened, state).
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One incident's evidence: what failed, the blocked tasks' kernel stacks, what was in
+    /// flight, the kernel log of its window.
+    Show {
+        /// The incident id (`bindsto incident list`).
+        id: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the whole bundle as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -249,6 +281,19 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                     json,
                 },
         } => cli::fleet::status(config.as_deref(), group.as_deref(), region.as_deref(), json),
+        Command::Incident {
+            command: IncidentCommand::List { config, json },
+        } => cli::incident::list(config.as_deref(), json),
+        Command::Incident {
+            command: IncidentCommand::Show { id, config, json },
+        } => cli::incident::show(config.as_deref(), &id, json),
+        Command::EvidenceHelper => {
+            bindsto::daemon::privileges::drop_for_evidence_helper();
+            match bindsto::evidence::helper::serve() {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(_) => Ok(ExitCode::from(1)),
+            }
+        }
         Command::Config {
             command: ConfigCommand::Default,
         } => {

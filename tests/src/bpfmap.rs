@@ -237,11 +237,12 @@ pub fn rq_key(dev: u32, sector: u64) -> Vec<u8> {
     k
 }
 
-/// `RqVal { start_ns, count, nr_sector }` as bytes.
+/// `RqVal { start_ns, count, nr_sector, op }` as bytes (`op` all zero: unknown).
 pub fn rq_val(start_ns: u64, count: u32, nr_sector: u32) -> Vec<u8> {
     let mut v = start_ns.to_le_bytes().to_vec();
     v.extend(count.to_le_bytes());
     v.extend(nr_sector.to_le_bytes());
+    v.extend([0u8; 8]);
     v
 }
 

@@ -455,6 +455,8 @@ fn leaked_map_entry_is_no_phantom_stall() {
     let mut val = start_ns.to_le_bytes().to_vec();
     val.extend(1u32.to_le_bytes());
     val.extend(8u32.to_le_bytes());
+    // `op`: unknown.
+    val.extend([0u8; 8]);
     // By id, not by name: another agent on the host has a map of the same name.
     let map_id = agent_map_id(agent.pid(), "RQ_INFLIGHT");
     let mut cmd = Command::new("bpftool");

@@ -478,13 +478,24 @@ fn aws_credentials_are_never_logged() {
         ("/status".into(), agent.status().to_string()),
         ("/metrics".into(), agent.metrics()),
     ];
-    for e in std::fs::read_dir(w.state.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-    {
+    // The state directory's files, and those one level down (the evidence bundles).
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for e in std::fs::read_dir(w.state.path()).unwrap().flatten() {
+        if e.path().is_dir() {
+            files.extend(
+                std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.path()),
+            );
+        } else {
+            files.push(e.path());
+        }
+    }
+    for f in files {
         places.push((
-            e.path().display().to_string(),
-            String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned(),
+            f.display().to_string(),
+            String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned(),
         ));
     }
     assert!(

@@ -7,7 +7,7 @@
 //! bio-based devices (dm `error` target) never reach `block_rq_error` either, so a failed bio
 //! completion is reported here.
 
-use agent_ebpf::{BioDone, EventKind, Field, RqKey, Stat};
+use agent_ebpf::{BioDone, EventKind, Field, OP_LEN, RqKey, Stat};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
 use super::{BIO_DONE, BIO_INFLIGHT, count, emit, offsets, track_end, track_start};
@@ -37,7 +37,10 @@ fn try_queue(ctx: &TracePointContext) -> Result<(), i32> {
         _pad: 0,
         sector,
     };
-    track_start(&BIO_INFLIGHT, key, Stat::BioMapFull);
+    // SAFETY: as above; unreadable means unknown.
+    let op =
+        unsafe { ctx.read_at::<[u8; OP_LEN]>(o.get(Field::BioQueueRwbs)) }.unwrap_or([0; OP_LEN]);
+    track_start(&BIO_INFLIGHT, key, op, Stat::BioMapFull);
     Ok(())
 }
 

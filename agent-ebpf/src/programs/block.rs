@@ -1,6 +1,6 @@
 //! Block requests: in-flight tracking (issue -> complete) and errors.
 
-use agent_ebpf::{EventKind, FLAG_ERRORS_FROM_COMPLETE, Field, RqKey, RqVal, Stat};
+use agent_ebpf::{EventKind, FLAG_ERRORS_FROM_COMPLETE, Field, OP_LEN, RqKey, RqVal, Stat};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
 use super::{BPF_NOEXIST, RQ_INFLIGHT, count, emit, offsets};
@@ -21,6 +21,9 @@ fn try_issue(ctx: &TracePointContext) -> Result<(), i32> {
             ctx.read_at::<u32>(o.get(Field::RqIssueNrSector))?,
         )
     };
+    // SAFETY: as above; an unreadable operation is recorded as unknown, not a lost request.
+    let op =
+        unsafe { ctx.read_at::<[u8; OP_LEN]>(o.get(Field::RqIssueRwbs)) }.unwrap_or([0; OP_LEN]);
     let key = RqKey {
         dev,
         _pad: 0,
@@ -38,6 +41,7 @@ fn try_issue(ctx: &TracePointContext) -> Result<(), i32> {
         start_ns: unsafe { bpf_ktime_get_ns() },
         count: 1,
         nr_sector,
+        op,
     };
     if RQ_INFLIGHT.insert(key, val, BPF_NOEXIST).is_err() {
         count(Stat::RqMapFull);

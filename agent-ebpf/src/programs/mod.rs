@@ -10,8 +10,8 @@ mod xfs_kprobe;
 
 use agent_ebpf::{
     BIO_DONE_ENTRIES, BIO_MAP_ENTRIES, BioDone, Event, EventKind, MOUNT_MAP_ENTRIES, MountCall,
-    Offsets, RINGBUF_BYTES, RPC_MAP_ENTRIES, RQ_MAP_ENTRIES, RpcKey, RqKey, RqVal, STAT_COUNT,
-    Stat,
+    OP_LEN, Offsets, RINGBUF_BYTES, RPC_MAP_ENTRIES, RQ_MAP_ENTRIES, RpcKey, RqKey, RqVal,
+    STAT_COUNT, Stat,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -77,7 +77,7 @@ fn count(stat: Stat) {
 /// key (a resubmitted bio, task ids that are 0 without SUNRPC debug) only bumps the count and
 /// keeps the oldest start, so the age userspace sees never gets younger.
 #[inline(always)]
-fn track_start<K>(map: &HashMap<K, RqVal>, key: K, full: Stat) {
+fn track_start<K>(map: &HashMap<K, RqVal>, key: K, op: [u8; OP_LEN], full: Stat) {
     if let Some(v) = map.get_ptr_mut(&key) {
         // SAFETY: map value pointer; a lost update only miscounts, and userspace never judges
         // from the count alone (bios: completion progress; RPC: the mount's probe).
@@ -89,6 +89,7 @@ fn track_start<K>(map: &HashMap<K, RqVal>, key: K, full: Stat) {
         start_ns: unsafe { bpf_ktime_get_ns() },
         count: 1,
         nr_sector: 0,
+        op,
     };
     if map.insert(&key, &val, BPF_NOEXIST).is_err() {
         count(full);

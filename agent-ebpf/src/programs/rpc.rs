@@ -3,7 +3,7 @@
 //! ages the entries. The tracepoints carry only the task and client ids (no server), so the
 //! entry is keyed by both and carries a count: without `CONFIG_SUNRPC_DEBUG` every task id is 0.
 
-use agent_ebpf::{Field, RpcKey, Stat};
+use agent_ebpf::{Field, OP_LEN, RpcKey, Stat};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::{RPC_INFLIGHT, offsets, track_end, track_start};
@@ -23,7 +23,7 @@ fn try_begin(ctx: &TracePointContext) -> Result<(), i32> {
             task_id: ctx.read_at::<u32>(o.get(Field::RpcBeginTaskId))?,
         }
     };
-    track_start(&RPC_INFLIGHT, key, Stat::RpcMapFull);
+    track_start(&RPC_INFLIGHT, key, [0; OP_LEN], Stat::RpcMapFull);
     Ok(())
 }
 

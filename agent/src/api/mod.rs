@@ -1,8 +1,11 @@
-//! HTTP: `/healthz`, `/metrics`, `/status`. Read-only, served from the last published
-//! status; no handler touches a watched filesystem or waits on the engine. With a budget table,
+//! HTTP: `/healthz`, `/metrics`, `/status`, `/incidents`. Read-only, served from the last
+//! published status; no handler touches a watched filesystem or waits on the engine (an
+//! evidence bundle is read from the state directory on a blocking thread, one at a time,
+//! under a timeout). With a budget table,
 //! `/healthz` answers 503 only while the host holds an out-of-service lease.
 
 pub mod client;
+mod incidents;
 pub mod server;
 
 use std::sync::Arc;
@@ -23,6 +26,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/incidents", get(incidents::list))
+        .route("/incidents/{id}", get(incidents::one))
         .with_state(shared)
 }
 

@@ -103,6 +103,23 @@ EXAMPLES:
     sudo bindsto gameday
     sudo bindsto gameday --scenario disk-stall --repeat 5 --json";
 
+pub const INCIDENT: &str = "\
+Every failure of critical storage opens an incident (with or without remediation actions),
+and the agent keeps its evidence bundle in <state_dir>/evidence/<id>.json (the newest 50, each
+at most 256 KiB): the failing targets with their reasons, the tasks blocked in mount calls or
+in uninterruptible sleep with their kernel stacks, the block requests, dm bios, RPC tasks and
+mount calls in flight, the kernel log of the incident's window and the last mount checks.
+These commands read the state directory; a running agent serves the same at GET /incidents
+and GET /incidents/<id>.
+
+EXIT STATUS:
+    0 printed, 2 on a bad config or an unknown or unreadable incident.
+
+EXAMPLES:
+    bindsto incident list
+    bindsto incident show 1764720000000-ip-10-0-1-2.ec2.internal
+    bindsto incident show 1764720000000-ip-10-0-1-2.ec2.internal --json | jq '.captures[-1].tasks[0].stack'";
+
 pub const CONFIG_DEFAULT: &str = "\
 The output is a complete, commented config file: every key with its default and meaning.
 

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod fleet;
 pub mod gameday;
 pub mod help;
+pub mod incident;
 pub mod logging;
 pub mod run;
 pub mod status;

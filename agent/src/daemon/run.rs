@@ -146,10 +146,11 @@ async fn drive(
     // The ladder runs on its own task: a step waiting on AWS or systemd never delays detection,
     // and neither does opening its state directory (it may sit on storage that hangs).
     let remedy = remediate.then(|| {
+        let sources = startup::evidence_sources(scan_maps.as_ref());
         let (cfg, shared) = (Arc::clone(&cfg), Arc::clone(&shared));
         let (changes, config, stop) = (shared.subscribe(), cfg_tx.subscribe(), stop_tx.subscribe());
         tokio::spawn(async move {
-            match Remedy::open(Arc::clone(&cfg), Arc::clone(&shared)).await {
+            match Remedy::open(Arc::clone(&cfg), Arc::clone(&shared), sources).await {
                 Ok(remedy) => remedy.run(changes, config, stop).await,
                 // Detection and /healthz go on without the ladder; /status says why.
                 Err(problem) => {

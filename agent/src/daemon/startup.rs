@@ -86,10 +86,53 @@ static PRELOADED: std::sync::Mutex<Option<Probes>> = std::sync::Mutex::new(None)
 /// so every thread started later runs with the reduced set (see [`crate::daemon::privileges`]).
 pub fn preload_probes_and_drop_privileges() {
     let probes = load_probes();
+    // Before the drop: the helper keeps what it needs of what the agent holds now.
+    let helper = crate::evidence::client::Helper::spawn()
+        .map_err(|e| format!("the privileged reader did not start: {e}"));
+    match &helper {
+        Ok(h) => info!(
+            pid = h.pid(),
+            "started the evidence reader (kernel stacks, kernel log)"
+        ),
+        Err(e) => warn!(error = %e, "incident evidence will lack kernel stacks and the kernel log"),
+    }
+    *HELPER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(helper);
     crate::daemon::privileges::drop_after_attach();
     *PRELOADED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(probes);
+}
+
+/// The evidence reader started by [`preload_probes_and_drop_privileges`] (or why not).
+type HelperSlot = Option<Result<crate::evidence::client::Helper, String>>;
+static HELPER: std::sync::Mutex<HelperSlot> = std::sync::Mutex::new(None);
+
+/// What the incident evidence reads: the reader started before the capability drop (one per
+/// process: the first run takes it) and second handles on the in-flight maps.
+pub(super) fn evidence_sources(scan_maps: Option<&ScanMaps>) -> crate::evidence::Sources {
+    let mut src = crate::evidence::Sources::default();
+    match HELPER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        Some(Ok(h)) => src.helper = Some(Arc::new(std::sync::Mutex::new(h))),
+        Some(Err(e)) => src.helper_missing = Some(e),
+        None => {
+            src.helper_missing = Some(
+                "no privileged reader: the agent was not started by `bindsto run` (or this is a restarted engine)"
+                    .into(),
+            );
+        }
+    }
+    match scan_maps.map(ScanMaps::inflight) {
+        Some(Ok(m)) => src.maps = Some(Arc::new(m)),
+        Some(Err(e)) => src.maps_missing = Some(e.to_string()),
+        None => src.maps_missing = Some("the kernel programs are not loaded".into()),
+    }
+    src
 }
 
 fn take_preloaded() -> Option<Probes> {

@@ -100,6 +100,7 @@ pub struct Metrics {
     pub rpc_oldest: GaugeF,
     pub remediations: Family<ActionLabels, Counter>,
     pub remediation_state_write_failures: Family<OutcomeLabels, Counter>,
+    pub evidence_captures: Family<OutcomeLabels, Counter>,
     pub fleet_lease_held: Gauge,
     pub fleet_outage: Gauge,
     pub fleet_unavailable: Gauge,
@@ -137,6 +138,7 @@ impl Metrics {
             rpc_oldest: GaugeF::default(),
             remediations: Family::default(),
             remediation_state_write_failures: Family::default(),
+            evidence_captures: Family::default(),
             fleet_lease_held: Gauge::default(),
             fleet_outage: Gauge::default(),
             fleet_unavailable: Gauge::default(),
@@ -215,6 +217,11 @@ impl Metrics {
             "remediation_state_write_failures",
             "Incident history writes that failed (error), timed out (timeout) or were not tried because an earlier one still hangs (hung)",
             m.remediation_state_write_failures.clone(),
+        );
+        r.register(
+            "evidence_captures",
+            "Incident evidence bundles captured and written (captured), not written (failed), or not written in time (timeout)",
+            m.evidence_captures.clone(),
         );
         r.register(
             "fleet_lease_held",

@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashSet,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -12,7 +13,7 @@ use agent_ebpf::{
 };
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, TracePoint},
 };
 use serde::Serialize;
@@ -59,6 +60,42 @@ pub struct ScanMaps {
     pub bio_inflight: HashMap<MapData, RqKey, RqVal>,
     pub bio_done: HashMap<MapData, u32, BioDone>,
     pub rpc_inflight: HashMap<MapData, RpcKey, RqVal>,
+}
+
+/// Second handles on the in-flight maps, for the incident evidence: its capture runs on its
+/// own thread while the scanner keeps the first ones. Read-only by convention.
+pub struct InflightMaps {
+    pub rq_inflight: HashMap<MapData, RqKey, RqVal>,
+    pub mount_calls: HashMap<MapData, u64, MountCall>,
+    pub bio_inflight: HashMap<MapData, RqKey, RqVal>,
+    pub rpc_inflight: HashMap<MapData, RpcKey, RqVal>,
+}
+
+fn second<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    map: &HashMap<MapData, K, V>,
+) -> Result<HashMap<MapData, K, V>, ProbeError> {
+    let fd = map
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| ProbeError::Dup { name, source })?;
+    let data = MapData::from_fd(fd).map_err(|source| ProbeError::Map { name, source })?;
+    HashMap::try_from(aya::maps::Map::HashMap(data))
+        .map_err(|source| ProbeError::Map { name, source })
+}
+
+impl ScanMaps {
+    /// Duplicates the descriptors (no privilege needed, unlike opening a map by id).
+    pub fn inflight(&self) -> Result<InflightMaps, ProbeError> {
+        Ok(InflightMaps {
+            rq_inflight: second(maps::RQ_INFLIGHT, &self.rq_inflight)?,
+            mount_calls: second(maps::MOUNT_CALLS, &self.mount_calls)?,
+            bio_inflight: second(maps::BIO_INFLIGHT, &self.bio_inflight)?,
+            rpc_inflight: second(maps::RPC_INFLIGHT, &self.rpc_inflight)?,
+        })
+    }
 }
 
 /// The loaded object; kept alive for as long as programs should stay attached. Dropping it

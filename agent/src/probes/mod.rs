@@ -6,7 +6,7 @@ pub mod format;
 pub mod loader;
 pub mod spec;
 
-pub use loader::{AttachedProbes, Maps, ProbeState, ProbeStatus, ScanMaps};
+pub use loader::{AttachedProbes, InflightMaps, Maps, ProbeState, ProbeStatus, ScanMaps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -22,6 +22,11 @@ pub enum ProbeError {
     Map {
         name: &'static str,
         source: aya::maps::MapError,
+    },
+    #[error("map {name}: duplicating its descriptor: {source}")]
+    Dup {
+        name: &'static str,
+        source: std::io::Error,
     },
     #[error("writing the offsets map: {0}")]
     Offsets(#[from] aya::maps::MapError),

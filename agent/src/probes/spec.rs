@@ -138,6 +138,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
                 (Field::RqIssueDev, "dev"),
                 (Field::RqIssueSector, "sector"),
                 (Field::RqIssueNrSector, "nr_sector"),
+                (Field::RqIssueRwbs, "rwbs"),
             ],
         )],
     },
@@ -185,6 +186,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             &[
                 (Field::BioQueueDev, "dev"),
                 (Field::BioQueueSector, "sector"),
+                (Field::BioQueueRwbs, "rwbs"),
             ],
         )],
     },

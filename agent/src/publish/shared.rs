@@ -16,6 +16,8 @@ pub struct Shared {
     remediation: RwLock<Option<Arc<serde_json::Value>>>,
     /// With a budget table: why a failing host must not answer 503 (it holds no lease).
     healthz_hold: RwLock<Option<String>>,
+    /// Where the incident evidence bundles are (`/incidents/<id>`), once the remedy opened.
+    evidence_dir: RwLock<Option<std::path::PathBuf>>,
     /// Bumped on every publish, so the remedy task reacts at once instead of polling.
     changes: tokio::sync::watch::Sender<u64>,
     pub metrics: Metrics,
@@ -41,8 +43,23 @@ impl Shared {
             status: RwLock::new(Arc::new(status)),
             remediation: RwLock::new(None),
             healthz_hold: RwLock::new(None),
+            evidence_dir: RwLock::new(None),
             changes: tokio::sync::watch::Sender::new(0),
             metrics,
+        }
+    }
+
+    pub fn evidence_dir(&self) -> Option<std::path::PathBuf> {
+        match self.evidence_dir.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_evidence_dir(&self, dir: std::path::PathBuf) {
+        match self.evidence_dir.write() {
+            Ok(mut d) => *d = Some(dir),
+            Err(poisoned) => *poisoned.into_inner() = Some(dir),
         }
     }
 

@@ -114,6 +114,9 @@ pub struct Incident {
     pub hostname: String,
     pub targets: Vec<FailedTarget>,
     pub steps: Vec<Step>,
+    /// The incident's evidence bundle (`state_dir/evidence/<id>.json`), once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 impl Incident {

@@ -43,12 +43,23 @@ pub struct Ladder {
     pub(super) hostname: String,
     /// The shared out-of-service budget, when a table is configured.
     pub(super) budget: Option<Budget>,
+    /// Where the incident evidence comes from and goes.
+    pub(super) evidence: super::evidence::Keeper,
 }
 
 impl Ladder {
     /// Opens the state directory. Failing to create it is an error: without it the agent could
     /// repeat a ladder after a restart.
     pub fn open(cfg: Arc<Config>, shared: Arc<Shared>) -> Result<Self, StoreError> {
+        Ladder::open_with(cfg, shared, crate::evidence::Sources::default())
+    }
+
+    /// [`Ladder::open`] with the sources of the incident evidence.
+    pub fn open_with(
+        cfg: Arc<Config>,
+        shared: Arc<Shared>,
+        sources: crate::evidence::Sources,
+    ) -> Result<Self, StoreError> {
         let r = &cfg.remediate;
         // Before opening: if the directory hangs, the warning still says why.
         let on_watched = store::state_dir_on_watched_storage(&cfg);
@@ -65,6 +76,8 @@ impl Ladder {
             .unwrap_or_default();
         let identity = Identity::cached(&r.state_dir);
         let cfg_budget = r.clone();
+        let evidence = super::evidence::Keeper::new(sources, &r.state_dir);
+        shared.set_evidence_dir(evidence.dir().to_path_buf());
         Ok(Ladder {
             cfg,
             shared,
@@ -76,6 +89,7 @@ impl Ladder {
             placement_problem: on_watched,
             hostname,
             budget: Budget::new(&cfg_budget),
+            evidence,
         })
         .inspect(Ladder::publish_healthz)
     }
@@ -137,7 +151,8 @@ impl Ladder {
             self.healthy_since = None;
         }
         let Some(mut inc) = self.store.open_incident().cloned() else {
-            if !failed.is_empty() && (!self.rem().actions.is_empty() || self.budget.is_some()) {
+            // Opened whatever the actions: the evidence is kept even where nothing acts.
+            if !failed.is_empty() {
                 self.open_incident(failed, now).await;
             } else if failed.is_empty() {
                 self.give_back(now).await;
@@ -210,6 +225,7 @@ impl Ladder {
             hostname: self.hostname.clone(),
             targets: failed,
             steps: Vec::new(),
+            evidence: None,
         };
         warn!(
             incident = %inc.id,
@@ -219,7 +235,13 @@ impl Ladder {
             "incident opened: critical storage failed; the ladder runs if it lasts hold_down"
         );
         self.store.incidents.push(inc.clone());
-        self.put(inc).await;
+        let mut inc = inc;
+        self.put(inc.clone()).await;
+        self.capture_evidence(&mut inc, "opened").await;
+        if inc.evidence.is_some() {
+            self.put(inc).await;
+        }
+        // (The bundle is written in the background; its path is in the incident already.)
     }
 
     async fn on_healthy(&mut self, mut inc: Incident, now: SystemTime) {
@@ -265,6 +287,14 @@ impl Ladder {
                 inc.phase = Phase::RateLimited;
                 self.put(inc).await;
             }
+            return;
+        }
+        self.capture_evidence(&mut inc, "ladder").await;
+        if self.rem().actions.is_empty() && self.budget.is_none() {
+            // Nothing to run: the incident stays for its evidence and does not count as a run.
+            info!(incident = %inc.id, "no remediation actions configured; the incident is kept for its evidence");
+            inc.phase = Phase::Done;
+            self.put(inc).await;
             return;
         }
         inc.phase = Phase::Running;

@@ -12,10 +12,13 @@
 //!
 //! `task` (the run loop) drives the `ladder` (the incident state machine), which runs `steps`,
 //! keeps `incident`s in the `store`, asks the `fleet` gate, and publishes the `report`;
-//! `identity` says who this host is. May use `config`, `topology`, `health`, `publish` and `api::client`; `publish` shows the
-//! report as JSON and knows none of these types.
+//! `identity` says who this host is; `evidence` has each incident's bundle captured (every
+//! incident opens one, with or without actions). May use `config`, `topology`, `health`,
+//! `publish`, `evidence` and `api::client`; `publish` shows the report as JSON and knows none
+//! of these types.
 
 mod dmi;
+mod evidence;
 pub mod fleet;
 mod hold;
 pub mod identity;

@@ -328,6 +328,7 @@ mod tests {
                 finished_at: Some(SystemTime::now()),
                 retry_at: None,
             }],
+            evidence: None,
         }
     }
 

@@ -40,17 +40,25 @@ pub struct Remedy {
 
 impl Remedy {
     /// Opens the state directory (see [`Ladder::open`]).
-    pub fn new(cfg: Arc<Config>, shared: Arc<Shared>) -> Result<Self, StoreError> {
+    pub fn new(
+        cfg: Arc<Config>,
+        shared: Arc<Shared>,
+        sources: crate::evidence::Sources,
+    ) -> Result<Self, StoreError> {
         Ok(Remedy {
-            ladder: Ladder::open(cfg, shared)?,
+            ladder: Ladder::open_with(cfg, shared, sources)?,
         })
     }
 
     /// [`Remedy::new`] on a blocking thread under a timeout: opening the state directory must
     /// not hang the agent's start if the disk under it hangs.
-    pub async fn open(cfg: Arc<Config>, shared: Arc<Shared>) -> Result<Self, RemedyError> {
+    pub async fn open(
+        cfg: Arc<Config>,
+        shared: Arc<Shared>,
+        sources: crate::evidence::Sources,
+    ) -> Result<Self, RemedyError> {
         let dir = cfg.remediate.state_dir.clone();
-        let task = tokio::task::spawn_blocking(move || Remedy::new(cfg, shared));
+        let task = tokio::task::spawn_blocking(move || Remedy::new(cfg, shared, sources));
         match tokio::time::timeout(STATE_OPEN_TIMEOUT, task).await {
             Ok(r) => Ok(r??),
             Err(_) => Err(RemedyError::Timeout {
@@ -127,7 +135,13 @@ mod tests {
         let file = bed.dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
         let cfg = config(&file.join("state"), &bed.out(), "1s", 2);
-        let Err(e) = Remedy::open(Arc::clone(&cfg), Arc::clone(&bed.shared)).await else {
+        let Err(e) = Remedy::open(
+            Arc::clone(&cfg),
+            Arc::clone(&bed.shared),
+            Default::default(),
+        )
+        .await
+        else {
             panic!("a state dir under a file opened")
         };
         let e = e.to_string();

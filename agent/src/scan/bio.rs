@@ -128,6 +128,7 @@ mod tests {
                 start_ns: start,
                 count: 1,
                 nr_sector: 0,
+                op: [0; agent_ebpf::OP_LEN],
             },
         )
     }

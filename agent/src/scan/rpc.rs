@@ -150,6 +150,7 @@ mod tests {
                 start_ns: start_s * S,
                 count,
                 nr_sector: 0,
+                op: [0; agent_ebpf::OP_LEN],
             },
         )
     }

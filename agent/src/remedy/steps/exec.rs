@@ -41,6 +41,16 @@ pub enum ExecError {
 
 /// Runs `argv` with `input` on stdin; returns its (truncated) stdout on exit status 0.
 pub async fn run(argv: &[String], input: &[u8], timeout: Duration) -> Result<String, ExecError> {
+    run_with(argv, input, timeout, None).await
+}
+
+/// [`run`], with `BINDSTO_EVIDENCE` set to the incident's evidence bundle when there is one.
+pub async fn run_with(
+    argv: &[String],
+    input: &[u8],
+    timeout: Duration,
+    evidence: Option<&str>,
+) -> Result<String, ExecError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(ExecError::Spawn {
             program: String::new(),
@@ -71,6 +81,7 @@ pub async fn run(argv: &[String], input: &[u8], timeout: Duration) -> Result<Str
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
         .env("LANG", "C.UTF-8")
+        .envs(evidence.map(|p| ("BINDSTO_EVIDENCE", p)))
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -147,7 +158,7 @@ pub async fn run_step(x: &Exec, dry: bool, inc: &Incident) -> StepResult {
         ));
     }
     let input = serde_json::to_vec(inc).unwrap_or_default();
-    match run(&x.command, &input, x.timeout).await {
+    match run_with(&x.command, &input, x.timeout, inc.evidence.as_deref()).await {
         Ok(out) => StepResult::done(format!("{:?} succeeded: {out}", x.command)),
         Err(e) => StepResult::failed(e.to_string()),
     }
