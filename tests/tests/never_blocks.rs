@@ -541,6 +541,17 @@ fn endpoints_scanner_and_threads_hold_while_storage_hangs_and_churns() {
     let s = agent.status();
     assert_eq!(state(&s, "mount", &w_s), "failed", "{s:#}");
     assert_eq!(state(&s, "subsystem", "mount"), "failed", "{s:#}");
+    // The incident of the hang captured its evidence (blocked tasks, stacks, kernel log)
+    // while the latencies above were measured.
+    let captured = metric_with(
+        &agent.metrics(),
+        "bindsto_evidence_captures_total{outcome=\"captured\"}",
+    );
+    assert!(
+        captured.unwrap_or(0.0) >= 1.0,
+        "no incident evidence captured during the hang:\n{}",
+        agent.log()
+    );
 
     // (b) The watched mount is removed (lazily: the parked write still holds it), mounted
     // again (the superblock is still alive, so this returns at once), its loop device

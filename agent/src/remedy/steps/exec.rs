@@ -204,6 +204,19 @@ mod tests {
             .unwrap();
         assert!(!out.contains("must-not-leak"), "{out}");
         assert!(out.contains("PATH="), "{out}");
+        assert!(!out.contains("BINDSTO_EVIDENCE"), "{out}");
+        let out = run_with(
+            &argv(&["/usr/bin/env"]),
+            b"",
+            Duration::from_secs(5),
+            Some("/var/lib/bindsto/evidence/1-h.json"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            out.contains("BINDSTO_EVIDENCE=/var/lib/bindsto/evidence/1-h.json"),
+            "{out}"
+        );
     }
 
     #[tokio::test]
