@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bindsto_tests::{Agent, XfsMount, agent::default_agent_bin, faultyfs_bin, privileged};
+use bindsto_tests::{
+    Agent, BgProcess, Mode, XfsMount, agent::default_agent_bin, faultyfs_bin, privileged,
+};
 use serde_json::Value;
 
 const SENTINEL: &str = "AKIAEVIDENCESENTINEL0";
@@ -22,6 +24,7 @@ fn config(watch: &std::path::Path, state: &std::path::Path) -> String {
 [detect]
 scan_interval = "250ms"
 mount_blocked_after = "3s"
+io_stall_after = "3s"
 fstypes = ["xfs"]
 [[watch]]
 path = "{}"
@@ -209,4 +212,58 @@ fn a_shutdown_leaves_its_kernel_log_lines() {
     assert_eq!(files.len(), 1);
     let text = std::fs::read_to_string(files[0].path()).unwrap();
     assert!(!text.contains(SENTINEL));
+}
+
+#[test]
+fn a_stalled_disk_leaves_its_requests_in_flight_and_the_waiting_stacks() {
+    let _g = privileged();
+    let disk = bindsto_tests::FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
+    let xfs = XfsMount::new(&disk).expect("xfs");
+    let state = tempfile::tempdir().unwrap();
+    let agent = start(xfs.path(), state.path());
+    disk.set_mode(Mode::Hang).expect("hang mode");
+    let mut writer = BgProcess::sh(&format!(
+        "dd if=/dev/zero of={}/f bs=64k count=16 2>/dev/null; sync",
+        xfs.path().display()
+    ))
+    .expect("writer");
+    let (_, b) = bundle(&agent, Duration::from_secs(30));
+    let c = &b["captures"][0];
+    println!(
+        "EVIDENCE disk-stall capture_ms={} bytes={}",
+        c["capture_ms"],
+        b.to_string().len()
+    );
+    let dev = disk.dev_id();
+    let on_disk = c["inflight"]["requests"]
+        .as_array()
+        .and_then(|r| r.iter().find(|d| d["dev"] == dev.as_str()))
+        .unwrap_or_else(|| panic!("no requests in flight on {dev}: {c:#}"));
+    let oldest = &on_disk["oldest"][0];
+    assert!(
+        oldest["age_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
+        "{oldest}"
+    );
+    assert!(oldest["bytes"].as_u64().unwrap_or(0) > 0, "{oldest}");
+    assert!(
+        oldest["op"].as_str().is_some_and(|o| !o.is_empty()),
+        "{oldest}"
+    );
+    // Someone waits on the disk in uninterruptible sleep, with a readable stack.
+    let waiting: Vec<&Value> = c["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter(|t| t["state"] == "D" && t["stack"].as_array().is_some_and(|s| !s.is_empty()))
+        .collect();
+    assert!(
+        !waiting.is_empty(),
+        "no waiting task with a stack: {:#}",
+        c["tasks"]
+    );
+    disk.set_mode(Mode::Pass).expect("pass mode");
+    assert!(
+        writer.wait_timeout(Duration::from_secs(30)).is_some(),
+        "the writer finished once the disk answered"
+    );
 }
