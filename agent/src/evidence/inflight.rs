@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     probes::{InflightMaps, dev::DevId},
-    scan::calls::decode_call,
+    scan::calls::{cstr, decode_call},
 };
 
 /// Requests kept per device, devices kept, RPC tasks and mount calls kept.
@@ -70,11 +70,6 @@ pub struct Inflight {
     pub rpc_total: usize,
     pub mount_calls: Vec<MountCall>,
     pub mount_calls_total: usize,
-}
-
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 fn age(now_ns: u64, start_ns: u64) -> f64 {

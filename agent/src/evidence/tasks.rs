@@ -63,11 +63,16 @@ pub struct Scan {
     pub stopped: Option<String>,
 }
 
-/// Every thread in `D` state, the `MAX_D_TASKS` most delayed kept; stops at `deadline`.
-pub fn uninterruptible(deadline: Instant) -> Scan {
+/// Clock ticks per second, the unit of `stat`'s delays.
+fn ticks_per_s() -> f64 {
     // SAFETY: sysconf has no memory arguments.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// Every thread in `D` state, the `MAX_D_TASKS` most delayed kept; stops at `deadline`.
+pub fn uninterruptible(deadline: Instant) -> Scan {
+    let hz = ticks_per_s();
     let mut scan = Scan::default();
     let mut found = Vec::new();
     'pids: for pid in numeric_entries("/proc") {
@@ -97,9 +102,7 @@ pub fn uninterruptible(deadline: Instant) -> Scan {
 
 /// The task `tid` of process `pid` as it is now (for the threads of blocked mount calls).
 pub fn one(pid: u32, tid: u32) -> Option<TaskInfo> {
-    // SAFETY: as above.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    let hz = ticks_per_s();
     let line = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
     parse_stat(pid, tid, &line, hz)
 }

@@ -20,7 +20,8 @@ pub struct InflightCall {
     pub age: Duration,
 }
 
-fn cstr(b: &[u8]) -> String {
+/// A NUL-padded string the programs recorded, as text.
+pub fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
