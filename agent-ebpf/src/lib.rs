@@ -327,6 +327,28 @@ pub const STAT_COUNT: u32 = 6;
 /// Capacity of the per-device bio completion map (`BIO_DONE`, one entry per tracked dm device).
 pub const BIO_DONE_ENTRIES: u32 = 1024;
 
+/// Where the running kernel's `struct task_struct` keeps what the stack iterator (`stacks`
+/// object) reads, in bytes; userspace finds them in the kernel's BTF and sets them as the
+/// iterator's read-only global `TASK_OFFSETS` before loading it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `pid` (the thread id).
+    pub pid: u32,
+    /// `tgid` (the process id).
+    pub tgid: u32,
+    /// `__state` (5.14 and later) or `state`; its low 32 bits either way (little-endian).
+    pub state: u32,
+    /// `sched_info.last_arrival` (when the task last ran, ns); 0 where the kernel lacks it.
+    pub last_arrival: u32,
+}
+
+/// Frames of one kernel stack the iterator prints.
+pub const STACK_FRAMES: usize = 32;
+
+/// The global the stack iterator reads its offsets from.
+pub const TASK_OFFSETS_GLOBAL: &str = "TASK_OFFSETS";
+
 /// Names of the maps, shared so userspace and kernel cannot drift apart.
 pub mod maps {
     pub const OFFSETS: &str = "OFFSETS";
@@ -352,4 +374,5 @@ mod user {
     unsafe impl aya::Pod for MountCall {}
     unsafe impl aya::Pod for BioDone {}
     unsafe impl aya::Pod for RpcKey {}
+    unsafe impl aya::Pod for TaskOffsets {}
 }

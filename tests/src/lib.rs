@@ -38,6 +38,7 @@ pub mod ladder;
 pub mod proc;
 pub mod status;
 pub mod sys;
+pub mod unit;
 pub mod xfs;
 
 use std::{

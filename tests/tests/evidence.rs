@@ -40,8 +40,12 @@ state_dir = "{}"
 }
 
 fn start(watch: &std::path::Path, state: &std::path::Path) -> Agent {
+    start_bin(&default_agent_bin().expect("agent"), watch, state)
+}
+
+fn start_bin(bin: &std::path::Path, watch: &std::path::Path, state: &std::path::Path) -> Agent {
     Agent::start_with_env(
-        default_agent_bin().expect("agent"),
+        bin,
         &config(watch, state),
         &[],
         &[
@@ -90,6 +94,50 @@ fn a_hung_mount_leaves_its_task_stack_and_the_request_in_flight() {
     let state = tempfile::tempdir().unwrap();
     let watched = tempfile::tempdir().unwrap();
     let agent = start(watched.path(), state.path());
+    hung_mount(&agent);
+}
+
+/// As systemd runs it: the unit's bounding set has no CAP_SYS_PTRACE, so `/proc/<tid>/stack`
+/// of the root `mount` is closed to the reader; the task iterator still reads it.
+#[test]
+fn under_the_units_bounding_set_a_root_tasks_stack_is_still_read() {
+    let _g = privileged();
+    let state = tempfile::tempdir().unwrap();
+    let watched = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper =
+        bindsto_tests::unit::confined_wrapper(dir.path(), &default_agent_bin().unwrap()).unwrap();
+    let agent = start_bin(&wrapper, watched.path(), state.path());
+    let task = hung_mount(&agent);
+    assert_eq!(task["stack_source"], "bpf_iter", "{task}");
+    // The reader really is confined: /proc would have refused this stack.
+    let pid = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        agent.pid(),
+        agent.pid()
+    ))
+    .unwrap_or_default();
+    let helper: u32 = pid
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no evidence reader under {}", agent.pid()));
+    let status = std::fs::read_to_string(format!("/proc/{helper}/status")).unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap();
+    assert_eq!(
+        bounding & (1 << 19),
+        0,
+        "CAP_SYS_PTRACE in the reader's bounding set"
+    );
+}
+
+/// Hangs a mount on a faulty disk (gameday) under `agent` and checks the bundle; returns the
+/// mount task's evidence.
+fn hung_mount(agent: &Agent) -> Value {
     let bin = default_agent_bin().unwrap();
     let out = Command::new(&bin)
         .args([
@@ -109,7 +157,7 @@ fn a_hung_mount_leaves_its_task_stack_and_the_request_in_flight() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let (id, b) = bundle(&agent, Duration::from_secs(30));
+    let (id, b) = bundle(agent, Duration::from_secs(30));
     let c = &b["captures"][0];
     println!(
         "EVIDENCE mount-hang capture_ms={} bytes={}",
@@ -123,6 +171,7 @@ fn a_hung_mount_leaves_its_task_stack_and_the_request_in_flight() {
                 .find(|t| t["why"] == "mount_call" && t["comm"] == "mount")
         })
         .unwrap_or_else(|| panic!("no mount task in {c:#}"));
+    println!("EVIDENCE mount task {task}");
     let stack: Vec<&str> = task["stack"]
         .as_array()
         .unwrap_or_else(|| panic!("no stack: {task}"))
@@ -171,6 +220,7 @@ fn a_hung_mount_leaves_its_task_stack_and_the_request_in_flight() {
     // Ids that could name another file are refused.
     let (code, _) = agent.get("/incidents/1-..%2F..%2Fetc%2Fpasswd");
     assert_eq!(code, 400);
+    task.clone()
 }
 
 #[test]

@@ -146,17 +146,7 @@ fn capabilities_are_dropped_after_attach_on_every_thread() {
 #[test]
 fn under_the_units_bounding_set_the_same_set_is_kept() {
     let _g = privileged();
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/bindsto.service"),
-    )
-    .expect("unit");
-    let names: Vec<String> = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .expect("CapabilityBoundingSet=")
-        .split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
-        .collect();
+    let names = bindsto_tests::unit::bounding_names().expect("unit");
     let number = |n: &str| match n {
         "dac_read_search" => 2,
         "sys_admin" => 21,
@@ -173,21 +163,8 @@ fn under_the_units_bounding_set_the_same_set_is_kept() {
     let keep = runtime_set(last_cap(), perf_event_paranoid());
     assert_eq!(keep.0 & unit_set.0, keep.0, "unit lacks {keep}");
     let dir = tempfile::tempdir().unwrap();
-    let wrapper = dir.path().join("confined-bindsto");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec setpriv --bounding-set=-all,{} --inh-caps=-all --no-new-privs {} \"$@\"\n",
-            names
-                .iter()
-                .map(|n| format!("+{n}"))
-                .collect::<Vec<_>>()
-                .join(","),
-            default_agent_bin().unwrap().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper =
+        bindsto_tests::unit::confined_wrapper(dir.path(), &default_agent_bin().unwrap()).unwrap();
     let state = tempfile::tempdir().unwrap();
     let disk = bindsto_tests::FaultyDisk::with_binary(faultyfs_bin!(), 300).expect("disk");
     let xfs = XfsMount::new(&disk).expect("xfs");

@@ -273,8 +273,10 @@ fn inflight(s: &mut String, c: &Capture) {
     if i.requests.is_empty() && i.dm_bios.is_empty() {
         s.push_str("  no block requests or dm bios in flight on the failed devices\n");
     }
-    if i.rpc_tasks.is_empty() {
+    if i.rpc_tasks.is_empty() && i.rpc_tracking == "tracked" {
         s.push_str("  no RPC tasks in flight (no NFS request was sent)\n");
+    } else if i.rpc_tasks.is_empty() {
+        let _ = writeln!(s, "  RPC tasks unknown: {}", i.rpc_tracking);
     } else {
         let _ = writeln!(s, "  {} RPC tasks in flight:", i.rpc_total);
         for r in i.rpc_tasks.iter().take(5) {
@@ -310,6 +312,8 @@ mod tests {
             source: "kernel log".into(),
             why: "/dev/kmsg: Permission denied".into(),
         });
+        c.inflight.rpc_tracking = "tracked".into();
+        let mut untracked = c.clone();
         let text = render(&bundle(vec![c]));
         assert!(
             text.contains("some_kernel_function_0+0x3c/0x120 [xfs]"),
@@ -320,5 +324,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("no RPC tasks in flight"), "{text}");
+        // Without the sunrpc tracepoints an empty list proves nothing, and says so.
+        untracked.inflight.rpc_tracking = "not tracked: sunrpc:rpc_task_begin: missing".into();
+        let text = render(&bundle(vec![untracked]));
+        assert!(!text.contains("no RPC tasks in flight"), "{text}");
+        assert!(text.contains("RPC tasks unknown: not tracked"), "{text}");
     }
 }

@@ -235,12 +235,12 @@ pub fn drop_after_attach() {
 }
 
 /// The evidence helper (`bindsto evidence-helper`) keeps, of what it was started with,
-/// `CAP_SYS_ADMIN` (opening `/proc/<tid>/stack`), `CAP_SYS_PTRACE` (the kernel lets a reader
-/// see the stack of a task whose capabilities are not a subset of its own only with it: every
-/// root daemon and kernel thread), `CAP_SYSLOG` (opening `/dev/kmsg` on kernels without the
+/// `CAP_SYS_ADMIN` (loading the stack iterator, opening `/proc/<tid>/stack`), `CAP_SYS_PTRACE`
+/// (`/proc/<tid>/stack` of a task whose capabilities are not a subset of its own, for tasks
+/// the iterator skips), `CAP_SYSLOG` (opening `/dev/kmsg` on kernels without the
 /// `CAP_SYS_ADMIN` fallback) and `CAP_DAC_READ_SEARCH`; nothing else. Under the unit, whose
-/// bounding set has neither `CAP_SYS_PTRACE` nor `CAP_SYSLOG`, stacks of such tasks are
-/// reported unreadable and the kernel log comes from the journal. Silent: it has no log.
+/// bounding set has neither `CAP_SYS_PTRACE` nor `CAP_SYSLOG`, blocked tasks' stacks come from
+/// the iterator and the kernel log from the journal. Silent: it has no log.
 pub fn drop_for_evidence_helper() {
     const CAP_SYS_PTRACE: u32 = 19;
     const CAP_SYSLOG: u32 = 34;

@@ -78,7 +78,8 @@ pub struct TaskEvidence {
     pub state: String,
     /// `mount_call` (inside a mount-family syscall) or `uninterruptible`.
     pub why: String,
-    /// How long it has waited, where known (the mount call's age).
+    /// How long it has waited, where known: the mount call's age, else the time since it
+    /// last ran (the stack iterator's reading of the scheduler's `last_arrival`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waited_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,6 +87,9 @@ pub struct TaskEvidence {
     pub blkio_delay_seconds: f64,
     /// Kernel stack, innermost frame first, with symbol names.
     pub stack: Vec<String>,
+    /// Where the stack came from: `bpf_iter` (the task iterator) or `proc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack_error: Option<String>,
 }
@@ -189,6 +193,7 @@ pub(crate) mod tests {
                     stack: (0..frames)
                         .map(|f| format!("some_kernel_function_{f}+0x3c/0x120 [xfs]"))
                         .collect(),
+                    stack_source: None,
                     stack_error: None,
                 })
                 .collect(),

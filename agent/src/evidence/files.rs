@@ -50,6 +50,26 @@ pub fn valid_id(id: &str) -> bool {
         && !host.starts_with('.')
 }
 
+/// The host part of an incident id: the hostname with anything [`valid_id`] refuses turned
+/// into `_` (a host with no name set reports `(none)`), never empty, at most 100 bytes.
+pub fn id_host(hostname: &str) -> String {
+    let mut h: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if h.starts_with('.') {
+        h.replace_range(..1, "_");
+    }
+    if h.is_empty() { "host".into() } else { h }
+}
+
 pub fn path(dir: &Path, id: &str) -> Result<PathBuf, FileError> {
     if !valid_id(id) {
         return Err(FileError::BadId { id: id.to_owned() });
@@ -192,5 +212,25 @@ mod tests {
         assert!(matches!(read(&dir, "1-../x"), Err(FileError::BadId { .. })));
         std::fs::write(dir.join("7-big.json"), vec![b' '; MAX_BYTES + 10]).unwrap();
         assert!(matches!(read(&dir, "7-big"), Err(FileError::TooBig { .. })));
+    }
+
+    #[test]
+    fn any_hostname_makes_a_valid_id() {
+        for h in [
+            "(none)",
+            "",
+            ".hidden",
+            "ip-10-0-0-1.ec2.internal",
+            "héllo wörld",
+            &"x".repeat(300),
+        ] {
+            let id = format!("1796312629706-{}", id_host(h));
+            assert!(valid_id(&id), "{h:?} -> {id}");
+        }
+        assert_eq!(id_host("(none)"), "_none_");
+        assert_eq!(
+            id_host("ip-10-0-0-1.ec2.internal"),
+            "ip-10-0-0-1.ec2.internal"
+        );
     }
 }

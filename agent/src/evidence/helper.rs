@@ -1,17 +1,20 @@
 //! The privileged reader: kernel stacks and the kernel log, in a child process.
 //!
-//! `/proc/<tid>/stack` is readable only by an opener holding `CAP_SYS_ADMIN`, and `/dev/kmsg`
-//! only with it (or `CAP_SYSLOG`) while `kernel.dmesg_restrict` is set. The agent drops
-//! `CAP_SYS_ADMIN` after attaching, so before that it starts `bindsto evidence-helper`: a
-//! child that keeps `CAP_SYS_ADMIN` and `CAP_DAC_READ_SEARCH` only, reads nothing but
-//! numeric tids from its stdin and writes stacks and log lines to its stdout, one JSON line
-//! per request. It dies with its parent (`PR_SET_PDEATHSIG`).
+//! Stacks come from the BPF task iterator (`stacks`) for every task in uninterruptible sleep,
+//! and from `/proc/<tid>/stack` for the rest (readable with `CAP_SYS_ADMIN`, and for a task
+//! whose capabilities are not a subset of the reader's only with `CAP_SYS_PTRACE`);
+//! `/dev/kmsg` needs `CAP_SYSLOG` (or `CAP_SYS_ADMIN` on older kernels) while
+//! `kernel.dmesg_restrict` is set, and the journal stands in where it is closed. The agent
+//! drops `CAP_SYS_ADMIN` after attaching, so before that it starts `bindsto evidence-helper`:
+//! a child that keeps only what it reads with, reads nothing but requests (numeric tids) from
+//! its stdin and writes stacks and log lines to its stdout, one JSON line per request. It
+//! dies with its parent (`PR_SET_PDEATHSIG`).
 //!
-//! Reading a stack takes the task's exec lock, which a task stuck in `execve` on dead storage
-//! holds: each request's stacks are read on their own thread and the answer goes out at the
-//! deadline with whatever was read; at most [`MAX_STUCK`] such threads may hang before the
-//! helper refuses stacks. The agent's side (`client`) waits with its own deadline and skips late answers
-//! by request id.
+//! Reading a stack from `/proc` takes the task's exec lock, which a task stuck in `execve` on
+//! dead storage holds: each request's `/proc` stacks are read on their own thread and the
+//! answer goes out at the deadline with whatever was read; at most [`MAX_STUCK`] such threads
+//! may hang before the helper refuses them. The agent's side (`client`) waits with its own
+//! deadline and skips late answers by request id.
 
 use std::{
     io::{BufRead, Read, Write},
@@ -60,6 +63,9 @@ pub struct Response {
     pub kmsg: Vec<String>,
     pub kmsg_omitted: usize,
     pub kmsg_error: Option<String>,
+    /// Why the stack iterator is not used (then stacks come from `/proc`).
+    #[serde(default)]
+    pub iter_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +73,24 @@ pub struct StackRead {
     pub tid: u32,
     pub frames: Vec<String>,
     pub error: Option<String>,
+    /// `bpf_iter` or `proc`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Time since the task last ran (the iterator's reading), seconds.
+    #[serde(default)]
+    pub waited_seconds: Option<f64>,
+}
+
+impl StackRead {
+    fn empty(tid: u32) -> Self {
+        Self {
+            tid,
+            frames: Vec::new(),
+            error: None,
+            source: None,
+            waited_seconds: None,
+        }
+    }
 }
 
 /// The child side: serves requests until stdin closes. Capabilities are dropped by the caller.
@@ -74,6 +98,7 @@ pub fn serve() -> std::io::Result<()> {
     // SAFETY: prctl with integer arguments: SIGKILL when the parent dies.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     let stuck = Arc::new(AtomicUsize::new(0));
+    let mut iter = super::stacks::StackIter::load();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -81,7 +106,7 @@ pub fn serve() -> std::io::Result<()> {
         let Ok(req) = serde_json::from_str::<Request>(&line) else {
             continue;
         };
-        let resp = answer(&req, &stuck);
+        let resp = answer(&req, &stuck, &mut iter);
         let mut text = serde_json::to_vec(&resp).map_err(std::io::Error::other)?;
         text.push(b'\n');
         out.write_all(&text)?;
@@ -90,20 +115,48 @@ pub fn serve() -> std::io::Result<()> {
     Ok(())
 }
 
-fn answer(req: &Request, stuck: &Arc<AtomicUsize>) -> Response {
+fn answer(
+    req: &Request,
+    stuck: &Arc<AtomicUsize>,
+    iter: &mut Result<super::stacks::StackIter, String>,
+) -> Response {
     let deadline = Instant::now() + HELPER_BUDGET;
     let mut resp = Response {
         id: req.id,
         ..Response::default()
     };
-    let tids: Vec<u32> = req.tids.iter().copied().take(MAX_TIDS).collect();
+    let mut tids: Vec<u32> = req.tids.iter().copied().take(MAX_TIDS).collect();
+    if !tids.is_empty() {
+        // The iterator first: it reads every D-state task without a per-task permission
+        // check and takes no task lock; what it did not list (a task not in D state now)
+        // is read from /proc below.
+        match iter.as_mut().map(super::stacks::StackIter::read) {
+            Ok(Ok(found)) => {
+                tids.retain(|tid| match found.get(tid) {
+                    Some(t) if !t.frames.is_empty() => {
+                        resp.stacks.push(StackRead {
+                            tid: *tid,
+                            frames: t.frames.clone(),
+                            error: None,
+                            source: Some("bpf_iter".into()),
+                            waited_seconds: t.waited_ns.map(|ns| ns as f64 / 1e9),
+                        });
+                        false
+                    }
+                    _ => true,
+                });
+            }
+            Ok(Err(e)) => resp.iter_error = Some(e),
+            Err(e) => resp.iter_error = Some(e.clone()),
+        }
+    }
     if !tids.is_empty() {
         if stuck.load(Ordering::SeqCst) >= MAX_STUCK {
             resp.stacks_error = Some(format!(
                 "{MAX_STUCK} earlier stack reads have not returned (a task holds its exec lock); not reading more"
             ));
         } else {
-            resp.stacks = read_stacks(tids, deadline, stuck);
+            resp.stacks.extend(read_stacks(tids, deadline, stuck));
         }
     }
     if let Some(since) = req.kmsg_since_us {
@@ -146,9 +199,8 @@ fn read_stacks(tids: Vec<u32>, deadline: Instant, stuck: &Arc<AtomicUsize>) -> V
         return tids
             .into_iter()
             .map(|tid| StackRead {
-                tid,
-                frames: Vec::new(),
                 error: Some(format!("no thread to read it: {e}")),
+                ..StackRead::empty(tid)
             })
             .collect();
     }
@@ -162,9 +214,8 @@ fn read_stacks(tids: Vec<u32>, deadline: Instant, stuck: &Arc<AtomicUsize>) -> V
     }
     for tid in tids.into_iter().skip(got.len()) {
         got.push(StackRead {
-            tid,
-            frames: Vec::new(),
             error: Some("not read within the capture budget (an earlier read hangs)".into()),
+            ..StackRead::empty(tid)
         });
     }
     got
@@ -173,14 +224,13 @@ fn read_stacks(tids: Vec<u32>, deadline: Instant, stuck: &Arc<AtomicUsize>) -> V
 fn read_stack(tid: u32) -> StackRead {
     match std::fs::read_to_string(format!("/proc/{tid}/stack")) {
         Ok(text) => StackRead {
-            tid,
             frames: parse_stack(&text),
-            error: None,
+            source: Some("proc".into()),
+            ..StackRead::empty(tid)
         },
         Err(e) => StackRead {
-            tid,
-            frames: Vec::new(),
             error: Some(stack_error(&e)),
+            ..StackRead::empty(tid)
         },
     }
 }
@@ -189,7 +239,7 @@ fn stack_error(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ESRCH) => "the task has exited".into(),
         Some(libc::EACCES | libc::EPERM) => format!(
-            "{e}: reading the kernel stack of a task with capabilities the reader lacks (a root daemon, a kernel thread) needs CAP_SYS_PTRACE, which the unit's bounding set does not grant"
+            "{e}: the task is not in uninterruptible sleep (so the stack iterator skipped it) and /proc/<tid>/stack of a task with capabilities the reader lacks (a root daemon, a kernel thread) needs CAP_SYS_PTRACE, which the unit's bounding set does not grant"
         ),
         _ => e.to_string(),
     }

@@ -68,6 +68,10 @@ pub struct Inflight {
     pub dm_bios: Vec<DeviceInflight>,
     pub rpc_tasks: Vec<RpcTask>,
     pub rpc_total: usize,
+    /// Whether an empty `rpc_tasks` means none were in flight: `tracked` (the sunrpc
+    /// tracepoints are attached), or why RPC tasks are not seen.
+    #[serde(default)]
+    pub rpc_tracking: String,
     pub mount_calls: Vec<MountCall>,
     pub mount_calls_total: usize,
 }
@@ -124,6 +128,24 @@ fn entries<K: aya::Pod>(map: &HashMap<MapData, K, RqVal>) -> impl Iterator<Item 
 }
 
 /// Reads everything; `devices` are the failing targets' disks (every device when empty).
+/// `tracked` when every sunrpc tracepoint is attached, else which is not and why.
+pub fn rpc_tracking(probes: &[crate::probes::ProbeStatus]) -> String {
+    let rpc: Vec<_> = probes
+        .iter()
+        .filter(|p| p.probe.starts_with("sunrpc:"))
+        .collect();
+    let missing: Vec<String> = rpc
+        .iter()
+        .filter(|p| p.state != crate::probes::ProbeState::Attached)
+        .map(|p| format!("{}: {}", p.probe, p.detail))
+        .collect();
+    match (rpc.is_empty(), missing.is_empty()) {
+        (true, _) => "not tracked: no sunrpc tracepoint in this build".into(),
+        (false, true) => "tracked".into(),
+        (false, false) => format!("not tracked: {}", missing.join("; ")),
+    }
+}
+
 pub fn read(maps: &InflightMaps, devices: &[DevId], now_ns: u64) -> Inflight {
     let requests = per_device(entries(&maps.rq_inflight), devices, now_ns);
     let dm_bios = per_device(entries(&maps.bio_inflight), devices, now_ns);
@@ -168,6 +190,7 @@ pub fn read(maps: &InflightMaps, devices: &[DevId], now_ns: u64) -> Inflight {
         dm_bios,
         rpc_tasks: rpc,
         rpc_total,
+        rpc_tracking: String::new(),
         mount_calls: calls,
         mount_calls_total,
     }
@@ -255,5 +278,31 @@ mod tests {
         let text = "   42 0880      0 0x5 0xa1b2c3d4     6000 nfs4_call_sync_ops [nfsv4] nfsv4 COMPOUND a:call_status [sunrpc] q:xprt_pending\n";
         assert_eq!(procedure_of(text, 42).as_deref(), Some("nfsv4 COMPOUND"));
         assert_eq!(procedure_of(text, 43), None);
+    }
+
+    #[test]
+    fn rpc_tracking_says_whether_none_means_none() {
+        use crate::probes::{ProbeState, ProbeStatus};
+        let p = |probe: &str, state, detail: &str| ProbeStatus {
+            probe: probe.into(),
+            program: "x",
+            state,
+            detail: detail.into(),
+        };
+        let attached = [
+            p("sunrpc:rpc_task_begin", ProbeState::Attached, ""),
+            p("block:block_rq_issue", ProbeState::Attached, ""),
+        ];
+        assert_eq!(rpc_tracking(&attached), "tracked");
+        let missing = [p(
+            "sunrpc:rpc_task_begin",
+            ProbeState::Missing,
+            "module sunrpc not loaded",
+        )];
+        assert_eq!(
+            rpc_tracking(&missing),
+            "not tracked: sunrpc:rpc_task_begin: module sunrpc not loaded"
+        );
+        assert!(rpc_tracking(&[]).starts_with("not tracked"));
     }
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod files;
 pub mod helper;
 pub mod inflight;
+pub mod stacks;
 pub mod tasks;
 
 use std::{
@@ -120,6 +121,8 @@ pub fn capture(src: &Sources, req: Request) -> Bundle {
             inflight::Inflight::default()
         }
     };
+    let mut inflight = inflight;
+    inflight.rpc_tracking = inflight::rpc_tracking(&req.status.probes);
 
     // Threads of mount calls first (their wait is known), then the D-state ones.
     let mut list: Vec<TaskEvidence> = inflight
@@ -137,6 +140,7 @@ pub fn capture(src: &Sources, req: Request) -> Bundle {
                 wchan: None,
                 blkio_delay_seconds: 0.0,
                 stack: Vec::new(),
+                stack_source: None,
                 stack_error: None,
             }
         })
@@ -162,6 +166,7 @@ pub fn capture(src: &Sources, req: Request) -> Bundle {
             wchan: None,
             blkio_delay_seconds: t.blkio_delay_seconds,
             stack: Vec::new(),
+            stack_source: None,
             stack_error: None,
         });
     }
@@ -179,7 +184,17 @@ pub fn capture(src: &Sources, req: Request) -> Bundle {
                 if let Some(t) = list.iter_mut().find(|t| t.tid == st.tid) {
                     t.stack = st.frames;
                     t.stack_error = st.error;
+                    t.stack_source = st.source;
+                    if t.waited_seconds.is_none() {
+                        t.waited_seconds = st.waited_seconds;
+                    }
                 }
+            }
+            if let Some(e) = r.iter_error {
+                unreadable.push(Unreadable {
+                    source: "stack iterator".into(),
+                    why: format!("{e}; stacks read from /proc instead"),
+                });
             }
             if let Some(e) = r.stacks_error {
                 unreadable.push(Unreadable {

@@ -1,5 +1,6 @@
 //! Loading and attaching the kernel programs, and the tracefs layouts they depend on.
 
+pub mod btf;
 pub mod dev;
 pub mod events;
 pub mod format;

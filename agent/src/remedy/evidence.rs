@@ -103,9 +103,14 @@ impl Ladder {
         let busy = Arc::clone(&self.evidence.busy);
         let shared = Arc::clone(&self.shared);
         let add_to_earlier = inc.evidence.is_some();
-        let Ok(path) = files::path(&dir, &inc.id) else {
-            busy.store(false, Ordering::SeqCst);
-            return;
+        let path = match files::path(&dir, &inc.id) {
+            Ok(p) => p,
+            Err(e) => {
+                busy.store(false, Ordering::SeqCst);
+                warn!(incident = %inc.id, error = %e, "incident evidence not kept");
+                count(&self.shared, "failed");
+                return;
+            }
         };
         let id = inc.id.clone();
         let task = tokio::task::spawn_blocking(move || {

@@ -216,7 +216,7 @@ impl Ladder {
             .map(|d| d.as_millis())
             .unwrap_or_default();
         let inc = Incident {
-            id: format!("{ms}-{}", self.hostname),
+            id: format!("{ms}-{}", crate::evidence::files::id_host(&self.hostname)),
             phase: Phase::Pending,
             dry_run: self.cfg.dry_run,
             opened_at: now,

@@ -43,9 +43,9 @@ fn main() {
     );
     let started = Instant::now();
     let r = match scenario.as_str() {
-        "nfs-mount-hang" => nfs_mount_hang(1),
-        "efs-parallel-mounts" => nfs_mount_hang(20),
-        "nfs-server-gone" => nfs_server_gone(),
+        "nfs-mount-hang" => nfs::nfs_mount_hang(1),
+        "efs-parallel-mounts" => nfs::nfs_mount_hang(20),
+        "nfs-server-gone" => nfs_server::nfs_server_gone(),
         "ebs-detach" => ebs_detach(),
         "ebs-detach-ext4" => ext4::ebs_detach_ext4(),
         "ebs-stall" => ebs_stall(),
@@ -131,6 +131,8 @@ fn setup() -> Result<()> {
         }
     }
     sh("ip link set lo up")?;
+    // The hostname stays the kernel's placeholder "(none)": the agent must still name its
+    // incidents (and keep their evidence) on a host nobody named.
     let modules = fs::read_to_string("/etc/vmtest-modules").unwrap_or_default();
     for m in modules.lines().filter(|l| !l.is_empty()) {
         // Built-in on some kernels (virtio_pci on 6.12): then /sys/module exists already.
@@ -224,15 +226,26 @@ impl Agent {
     }
 }
 
-fn status() -> Result<Value> {
+/// `GET path` on the agent's API: the status code and the body.
+fn get(path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(API)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /status HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;
     let text = String::from_utf8_lossy(&body);
-    let (_, json) = text.split_once("\r\n\r\n").context("no HTTP body")?;
-    Ok(serde_json::from_str(json)?)
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
+fn status() -> Result<Value> {
+    let (_, body) = get("/status")?;
+    Ok(serde_json::from_str(&body)?)
 }
 
 /// Polls /status until `check` returns Some(detail); returns the elapsed time and detail.
@@ -278,68 +291,6 @@ fn has_reason(t: &Value, signal: &str) -> bool {
         .is_some_and(|r| r.iter().any(|r| r["signal"] == signal))
 }
 
-fn ms(d: Duration) -> u128 {
-    d.as_millis()
-}
-
-// ---- NFS blackhole mounts (nfs-mount-hang, efs-parallel-mounts) ----
-
-/// NFSv4.1 mounts to a TCP listener that accepts and never answers (FAULTS.md, verified on
-/// 6.1): each `mount(2)` sleeps killable in `rpc_wait_bit_killable`, invisible to the kernel's
-/// hung-task detector. The agent must list every one with source, target and fstype after
-/// `mount_blocked_after` and fail the mount subsystem.
-fn nfs_mount_hang(n: usize) -> Result<String> {
-    let _server = Bg::spawn("nc -ll -p 2049 -e /bin/sleep 600")?;
-    let agent = Agent::start("")?;
-    let mut mounts = Vec::new();
-    let t0 = Instant::now();
-    for i in 0..n {
-        let dir = format!("/mnt/efs{i}");
-        fs::create_dir_all(&dir)?;
-        mounts.push(Bg::spawn(&format!(
-            "mount -t nfs4 -o vers=4.1,port=2049,addr=127.0.0.1,clientaddr=127.0.0.1 127.0.0.1:/ {dir}"
-        ))?);
-    }
-    let (_, detail) = wait_for("every blocked NFS mount", Duration::from_secs(90), |s| {
-        let calls = s["blocked_mount_calls"].as_array()?;
-        let listed = (0..n)
-            .filter(|i| {
-                calls.iter().any(|c| {
-                    c["fstype"] == "nfs4"
-                        && c["source"] == "127.0.0.1:/"
-                        && c["target"] == format!("/mnt/efs{i}").as_str()
-                        && c["syscall"] == "mount"
-                        && c["blocked_seconds"].as_f64().is_some_and(|b| b >= 3.0)
-                })
-            })
-            .count();
-        let sub = targets(s, "subsystem").find(|t| t["id"] == "mount")?;
-        (listed == n && sub["state"] == "failed" && has_reason(sub, "mount_blocked"))
-            .then(|| format!("{listed}/{n} listed, subsystem mount failed (mount_blocked)"))
-    })?;
-    let latency = t0.elapsed();
-    if latency < Duration::from_secs(3) {
-        bail!(
-            "reported after {} ms, before mount_blocked_after (3 s)",
-            ms(latency)
-        );
-    }
-    // The mounts are still hanging: nothing returned on its own.
-    if s_count_running(&mut mounts) != n {
-        bail!("some mount(2) calls returned; the blackhole did not hold");
-    }
-    drop(mounts);
-    drop(agent);
-    Ok(format!(
-        "latency_ms={} (threshold 3000 ms, scan 250 ms): {detail}",
-        ms(latency)
-    ))
-}
-
-// ---- a real NFS server that goes away (nfs-server-gone) ----
-
-const NFS_MNT: &str = "/mnt/nfs";
-
 fn probe_state(s: &Value, probe: &str) -> Option<(String, String)> {
     s["probes"].as_array()?.iter().find_map(|p| {
         (p["probe"] == probe).then(|| {
@@ -351,212 +302,8 @@ fn probe_state(s: &Value, probe: &str) -> Option<(String, String)> {
     })
 }
 
-fn nfs_stall_detail(s: &Value) -> Option<String> {
-    let t = mount_target(s, NFS_MNT)?;
-    t["reasons"]
-        .as_array()?
-        .iter()
-        .find(|r| r["signal"] == "nfs_stall")
-        .map(|r| r["detail"].as_str().unwrap_or_default().to_string())
-}
-
-fn metric(name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(API).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// The kernel NFS server with Debian's nfs-kernel-server userspace, exporting a tmpfs on
-/// loopback only.
-struct NfsServer {
-    mountd: Option<Bg>,
-}
-
-impl NfsServer {
-    fn setup() -> Result<()> {
-        sh(
-            "mkdir -p /proc/fs/nfsd /srv/nfs /var/lib/nfs/v4recovery /run/rpc_pipefs \
-            && mount -t nfsd nfsd /proc/fs/nfsd && mount -t tmpfs tmpfs /srv/nfs \
-            && touch /var/lib/nfs/etab /var/lib/nfs/rmtab",
-        )?;
-        // fsid=0: the NFSv4 pseudo root, and what lets a tmpfs be exported at all.
-        fs::write(
-            "/etc/exports",
-            "/srv/nfs 127.0.0.1(rw,sync,fsid=0,no_subtree_check,no_root_squash,insecure)\n",
-        )?;
-        sh("exportfs -ra")?;
-        Ok(())
-    }
-
-    fn start() -> Result<Self> {
-        // mountd answers the kernel's export-cache upcalls, which NFSv4 needs too.
-        let mountd = Bg::spawn("rpc.mountd -F -N 2 -N 3 -u")?;
-        // v4 only (no rpcbind in the guest); short grace and lease: TCG is slow enough.
-        // 6.x kernels are built without NFSv2 and refuse to be told to turn it off.
-        let args = "-d -p 2049 -N 3 -U -G 10 -L 10 4";
-        sh(&format!("rpc.nfsd -N 2 {args} || rpc.nfsd {args}")).map_err(|e| {
-            anyhow!(
-                "{e:#}; dmesg: {}",
-                sh("dmesg | tail -5").unwrap_or_default()
-            )
-        })?;
-        Ok(Self {
-            mountd: Some(mountd),
-        })
-    }
-
-    /// The server goes away: nfsd threads stopped (its sockets close), mountd killed.
-    fn stop(&mut self) -> Result<()> {
-        sh("rpc.nfsd -d 0")?;
-        self.mountd = None;
-        Ok(())
-    }
-}
-
-/// Unmounts the share forcibly if the scenario leaves early, so the final sync cannot hang on
-/// dirty pages of a server that is gone.
-struct ForceUmount;
-
-impl Drop for ForceUmount {
-    fn drop(&mut self) {
-        let _ = sh(&format!("timeout 20 umount -f -l {NFS_MNT}"));
-    }
-}
-
-/// A real NFS server in the guest, a share mounted with NFSv4.1 and written to, then the
-/// server stopped: the agent must report `nfs_stall` on the mount from sunrpc tasks in flight,
-/// with the sunrpc probes attached after the modules loaded (after the agent started), and
-/// the mount must be healthy again once the server is back.
-fn nfs_server_gone() -> Result<String> {
-    let agent = Agent::start("")?;
-    let s = status()?;
-    let (state, why) = probe_state(&s, "sunrpc:rpc_task_begin")
-        .context("/status lists no sunrpc:rpc_task_begin probe")?;
-    if state != "missing" {
-        bail!("sunrpc:rpc_task_begin is {state} before sunrpc loaded");
-    }
-    println!("vmtest: before modprobe: sunrpc:rpc_task_begin missing ({why})");
-    sh("modprobe nfsd && modprobe nfsv4")?;
-    let (attach, _) = wait_for(
-        "sunrpc probes attached after the modules loaded",
-        Duration::from_secs(60),
-        |s| {
-            let ok = ["sunrpc:rpc_task_begin", "sunrpc:rpc_task_end"]
-                .iter()
-                .all(|p| probe_state(s, p).is_some_and(|(st, _)| st == "attached"));
-            ok.then(String::new)
-        },
-    )?;
-    println!(
-        "vmtest: sunrpc probes attached {} ms after modprobe",
-        ms(attach)
-    );
-    // For the record: the layout the offsets were read from, and which end event was used.
-    for ev in ["rpc_task_begin", "rpc_task_end", "rpc_task_complete"] {
-        let f = fs::read_to_string(format!("/sys/kernel/tracing/events/sunrpc/{ev}/format"))
-            .unwrap_or_default();
-        let fields: Vec<&str> = f
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("field:") && l.contains("_id;"))
-            .collect();
-        println!("vmtest: {ev}: {}", fields.join(" "));
-    }
-    if let Ok(log) = fs::read_to_string("/tmp/agent.log") {
-        for l in log
-            .lines()
-            .filter(|l| l.contains("attached probe=\"sunrpc"))
-        {
-            println!("vmtest: agent: {l}");
-        }
-    }
-
-    NfsServer::setup()?;
-    let mut server = NfsServer::start()?;
-    fs::create_dir_all(NFS_MNT)?;
-    let _umount = ForceUmount;
-    sh(&format!(
-        "timeout 120 mount -t nfs4 -o vers=4.1,addr=127.0.0.1,clientaddr=127.0.0.1 127.0.0.1:/ {NFS_MNT}"
-    ))?;
-    let _writer = Bg::spawn(&format!(
-        "sh -c 'while true; do dd if=/dev/zero of={NFS_MNT}/data bs=64k count=4 conv=fsync; \
-         sleep 0.2; done'"
-    ))?;
-    // In use and healthy: the writer's RPCs come and go, the share answers its probe. It must
-    // stay healthy for longer than nfs_stall_after (5 s): no false positive on a live share.
-    wait_for(
-        "the NFS mount healthy and written",
-        Duration::from_secs(120),
-        |s| {
-            let t = mount_target(s, NFS_MNT)?;
-            let written = fs::metadata(format!("{NFS_MNT}/data")).is_ok_and(|m| m.len() > 0);
-            (t["state"] == "healthy" && written).then(String::new)
-        },
-    )?;
-    let healthy_from = Instant::now();
-    while healthy_from.elapsed() < Duration::from_secs(12) {
-        let s = status()?;
-        if let Some(d) = nfs_stall_detail(&s) {
-            bail!("nfs_stall on a live share: {d}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let rpc_seen = metric("bindsto_rpc_tasks_inflight").unwrap_or(-1.0);
-
-    let t0 = Instant::now();
-    server.stop()?;
-    let (_, detail) = wait_for(
-        "nfs_stall from RPC tasks in flight",
-        Duration::from_secs(120),
-        |s| nfs_stall_detail(s).filter(|d| d.contains("RPC task in flight")),
-    )?;
-    let latency = t0.elapsed();
-    let oldest = metric("bindsto_rpc_tasks_inflight_oldest_seconds").unwrap_or(0.0);
-    if oldest < 5.0 {
-        bail!("bindsto_rpc_tasks_inflight_oldest_seconds is {oldest} with nfs_stall raised");
-    }
-    if !detail.contains("127.0.0.1:/") {
-        bail!("the detail does not name the server: {detail}");
-    }
-
-    // The server comes back: the stuck tasks finish and the mount is healthy again.
-    let t1 = Instant::now();
-    let _server = NfsServer::start()?;
-    wait_for(
-        "the mount healthy again after the server returned",
-        Duration::from_secs(150),
-        |s| {
-            mount_target(s, NFS_MNT)
-                .filter(|t| t["state"] == "healthy")
-                .map(|_| String::new())
-        },
-    )?;
-    let recovered = t1.elapsed();
-    drop(_writer);
-    drop(agent);
-    Ok(format!(
-        "latency_ms={} (nfs_stall_after 5000 ms, scan 250 ms; oldest RPC {oldest:.1}s): {detail}; \
-         sunrpc attached {} ms after modprobe (in flight while healthy: {rpc_seen}); \
-         healthy {} ms after the server returned",
-        ms(latency),
-        ms(attach),
-        ms(recovered)
-    ))
-}
-
-fn s_count_running(bgs: &mut [Bg]) -> usize {
-    let mut n = 0;
-    for b in bgs.iter_mut() {
-        if matches!(b.0.try_wait(), Ok(None)) {
-            n += 1;
-        }
-    }
-    n
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
 }
 
 // ---- device-mapper over a virtio disk (ebs-detach, ebs-stall, xfs-shutdown-5.10) ----
@@ -783,5 +530,9 @@ fn xfs_shutdown_510() -> Result<String> {
 // The crate root's modules resolve next to it (src/bin/): these live in src/bin/vm-guest/.
 #[path = "vm-guest/ext4.rs"]
 mod ext4;
+#[path = "vm-guest/nfs.rs"]
+mod nfs;
+#[path = "vm-guest/nfs_server.rs"]
+mod nfs_server;
 #[path = "vm-guest/systemd.rs"]
 mod systemd;

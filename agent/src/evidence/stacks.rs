@@ -1,0 +1,177 @@
+//! Kernel stacks of every task in uninterruptible sleep, by the BPF task iterator (the
+//! `stacks` object of `agent-ebpf`), in the evidence reader.
+//!
+//! `/proc/<tid>/stack` of a task holding capabilities the reader lacks (any root daemon, a
+//! kernel thread, the `mount` a container runtime starts) needs `CAP_SYS_PTRACE`, which the
+//! service's bounding set does not grant; the iterator needs only what loading it needs
+//! (`CAP_SYS_ADMIN`, or `CAP_BPF` with `CAP_PERFMON`) and the kernel names the frames itself,
+//! so neither `/proc/kallsyms` nor `CAP_SYSLOG` is involved. It is loaded once when the reader
+//! starts and run once per request; where it cannot load (no BTF, a verifier that refuses it)
+//! the reader says why and falls back to `/proc`.
+
+use std::{collections::HashMap, io::Read};
+
+use aya::{Btf, Ebpf, EbpfLoader, programs::Iter};
+
+use crate::probes::btf;
+
+/// The iterator object built by `build.rs` next to the main one.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stacks"));
+const PROGRAM: &str = "task_stacks";
+/// What one run may print: about 2 KiB per D-state task; a host with thousands of them
+/// still fits, and a runaway read cannot grow the reader.
+const MAX_OUTPUT: u64 = 8 << 20;
+
+/// One task as the iterator printed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IterTask {
+    pub tgid: u32,
+    /// The raw `task_struct` state bits.
+    pub state: u32,
+    /// Time since it last ran, nanoseconds; `None` where the kernel does not keep it.
+    pub waited_ns: Option<u64>,
+    pub frames: Vec<String>,
+}
+
+/// The loaded iterator.
+pub struct StackIter {
+    ebpf: Ebpf,
+}
+
+impl StackIter {
+    /// Loads the program with `task_struct` offsets from the running kernel's BTF.
+    pub fn load() -> Result<Self, String> {
+        if OBJECT.is_empty() {
+            return Err("built without kernel programs (AYA_BUILD_SKIP)".into());
+        }
+        let raw = btf::read_vmlinux().map_err(|e| e.to_string())?;
+        let offsets = btf::task_offsets(&raw).map_err(|e| e.to_string())?;
+        let attach_id = btf::func_id(&raw, "bpf_iter_task").map_err(|e| e.to_string())?;
+        drop(raw);
+        // One thing at a time, for a low peak: aya's loader parses the whole kernel BTF
+        // (some 20 MiB while it lives), and is gone before the placeholders are built.
+        let mut ebpf = EbpfLoader::new()
+            .override_global(agent_ebpf::TASK_OFFSETS_GLOBAL, &offsets, true)
+            .load(OBJECT)
+            .map_err(|e| format!("loading the stack iterator: {e}"))?;
+        // SAFETY: malloc_trim has no memory arguments.
+        unsafe { libc::malloc_trim(0) };
+        let attach = attach_btf(attach_id)?;
+        let prog: &mut Iter = ebpf
+            .program_mut(PROGRAM)
+            .ok_or("the stack iterator is missing from its object")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        let loaded = prog
+            .load("task", &attach)
+            .map_err(|e| format!("the kernel refused the stack iterator: {e}"));
+        drop(attach);
+        // What the loader and the placeholders took goes back to the system now; the reader
+        // lives as long as the agent.
+        // SAFETY: malloc_trim has no memory arguments.
+        unsafe { libc::malloc_trim(0) };
+        loaded?;
+        Ok(Self { ebpf })
+    }
+
+    /// One walk over every task: the D-state ones with their stacks, by tid.
+    pub fn read(&mut self) -> Result<HashMap<u32, IterTask>, String> {
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or("the stack iterator is gone")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        let id = prog.attach().map_err(|e| format!("attaching: {e}"))?;
+        let link = prog.take_link(id).map_err(|e| format!("{e}"))?;
+        let file = link.into_file().map_err(|e| format!("{e}"))?;
+        let mut text = String::new();
+        file.take(MAX_OUTPUT)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading the iterator: {e}"))?;
+        Ok(parse(&text))
+    }
+}
+
+/// What `Iter::load` is given to find its attach point: aya only asks it for the id of
+/// `bpf_iter_task` and passes that id to the kernel, so placeholders up to the kernel's own id
+/// (found by the BTF walk) and the function there are enough: a few MiB for a moment, where a
+/// second full parse into aya's types would cost some 20 MiB more, for the same number.
+fn attach_btf(id: u32) -> Result<Btf, String> {
+    use aya_obj::btf::{BtfType, Func, FuncLinkage};
+    let mut b = Btf::new();
+    let name = b.add_string("bpf_iter_task");
+    // Btf::new holds id 0 (void) already.
+    for _ in 1..id {
+        b.add_type(BtfType::Unknown);
+    }
+    let got = b.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
+    if got != id {
+        return Err(format!(
+            "placeholder BTF put bpf_iter_task at {got}, not {id}"
+        ));
+    }
+    Ok(b)
+}
+
+/// `T <tid> <tgid> <state> <waited_ns>` followed by its frames, one per line.
+pub fn parse(text: &str) -> HashMap<u32, IterTask> {
+    let mut out = HashMap::new();
+    let mut current: Option<(u32, IterTask)> = None;
+    for line in text.lines() {
+        if let Some(head) = line.strip_prefix("T ") {
+            if let Some((tid, t)) = current.take() {
+                out.insert(tid, t);
+            }
+            let f: Vec<u64> = head
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if let [tid, tgid, state, waited] = f[..] {
+                current = Some((
+                    tid as u32,
+                    IterTask {
+                        tgid: tgid as u32,
+                        state: state as u32,
+                        waited_ns: (waited > 0).then_some(waited),
+                        frames: Vec::new(),
+                    },
+                ));
+            }
+        } else if let Some((_, t)) = current.as_mut() {
+            let frame = line.trim();
+            if !frame.is_empty() && t.frames.len() < super::helper::MAX_FRAMES {
+                t.frames.push(frame.to_owned());
+            }
+        }
+    }
+    if let Some((tid, t)) = current {
+        out.insert(tid, t);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iterator_output_parses_by_task() {
+        let text = "T 4242 4240 2 31000000000\nxfs_buf_lock+0x3c/0x120 [xfs]\n\
+                    __x64_sys_mount+0x1a/0x30\nT 7 7 1026 0\nT bad\nstray\n";
+        let got = parse(text);
+        let t = &got[&4242];
+        assert_eq!(t.tgid, 4240);
+        assert_eq!(t.waited_ns, Some(31_000_000_000));
+        assert_eq!(
+            t.frames,
+            vec!["xfs_buf_lock+0x3c/0x120 [xfs]", "__x64_sys_mount+0x1a/0x30"]
+        );
+        assert_eq!(got[&7].waited_ns, None);
+        assert!(
+            got[&7].frames.is_empty(),
+            "a malformed head ends the task before it"
+        );
+        assert_eq!(got.len(), 2);
+    }
+}
