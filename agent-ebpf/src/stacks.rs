@@ -37,6 +37,21 @@ mod iter {
     static HEAD: [u8; 23] = *b"T %llu %llu %llu %llu\n\0";
     static FRAME: [u8; 5] = *b"%pB\n\0";
 
+    /// One `bpf_seq_printf` of a NUL-terminated format from `.rodata` with u64 arguments.
+    #[inline(always)]
+    fn print(seq: *mut seq_file, fmt: &'static [u8], args: &[u64]) {
+        // SAFETY: the verifier checks the format against the arguments' length.
+        unsafe {
+            raw::bpf_seq_printf(
+                seq,
+                fmt.as_ptr() as *const _,
+                fmt.len() as u32,
+                args.as_ptr() as *const c_void,
+                (args.len() * 8) as u32,
+            )
+        };
+    }
+
     #[unsafe(link_section = "iter/task")]
     #[unsafe(no_mangle)]
     pub fn task_stacks(ctx: *mut c_void) -> i32 {
@@ -79,16 +94,7 @@ mod iter {
         };
         // meta->seq is its first field.
         let seq = unsafe { *(meta as *const *mut seq_file) };
-        let head = [pid as u64, tgid as u64, state as u64, waited];
-        unsafe {
-            raw::bpf_seq_printf(
-                seq,
-                HEAD.as_ptr() as *const _,
-                HEAD.len() as u32,
-                head.as_ptr() as *const c_void,
-                (head.len() * 8) as u32,
-            )
-        };
+        print(seq, &HEAD, &[pid as u64, tgid as u64, state as u64, waited]);
         let mut frames = [0u64; STACK_FRAMES];
         let got = unsafe {
             raw::bpf_get_task_stack(
@@ -106,16 +112,7 @@ mod iter {
             if i >= n {
                 break;
             }
-            let arg = [*addr];
-            unsafe {
-                raw::bpf_seq_printf(
-                    seq,
-                    FRAME.as_ptr() as *const _,
-                    FRAME.len() as u32,
-                    arg.as_ptr() as *const c_void,
-                    8,
-                )
-            };
+            print(seq, &FRAME, &[*addr]);
         }
     }
 }

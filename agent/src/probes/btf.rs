@@ -37,8 +37,8 @@ const KIND_FUNC: u32 = 12;
 /// Raw BTF of the running kernel.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// A struct's members: name -> (byte offset, type id).
-type Members = HashMap<String, (u32, u32)>;
+/// A struct's members: name -> byte offset.
+type Members = HashMap<String, u32>;
 
 /// The parts of a BTF blob: the type section and the string section.
 struct Sections<'a> {
@@ -148,9 +148,7 @@ pub fn struct_members(btf: &[u8], names: &[&str]) -> Result<HashMap<String, Memb
         let mut members = Members::new();
         for m in 0..r.vlen {
             let rec = r.body + 12 * m;
-            let (Some(m_name), Some(m_type), Some(m_off)) =
-                (u32_at(btf, rec), u32_at(btf, rec + 4), u32_at(btf, rec + 8))
-            else {
+            let (Some(m_name), Some(m_off)) = (u32_at(btf, rec), u32_at(btf, rec + 8)) else {
                 return Err(BtfError::Truncated(rec));
             };
             // With kind_flag the top byte is the bitfield size, the rest the offset.
@@ -160,7 +158,7 @@ pub fn struct_members(btf: &[u8], names: &[&str]) -> Result<HashMap<String, Memb
                 (m_off, 0)
             };
             if size == 0 && bits % 8 == 0 {
-                members.insert(s.name(m_name).to_owned(), (bits / 8, m_type));
+                members.insert(s.name(m_name).to_owned(), bits / 8);
             }
         }
         found.insert(n.to_owned(), members);
@@ -186,7 +184,7 @@ fn member(all: &HashMap<String, Members>, s: &str, m: &str) -> Result<u32, BtfEr
     let members = all.get(s).ok_or_else(|| BtfError::NoStruct(s.into()))?;
     members
         .get(m)
-        .map(|(off, _)| *off)
+        .copied()
         .ok_or_else(|| BtfError::NoMember(s.into(), m.into()))
 }
 
