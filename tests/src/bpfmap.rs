@@ -229,15 +229,27 @@ pub fn kernel_dev(major: u32, minor: u32) -> u32 {
     (major << 20) | minor
 }
 
-/// `RqKey { dev, _pad, sector }` as bytes.
-pub fn rq_key(dev: u32, sector: u64) -> Vec<u8> {
-    let mut k = dev.to_le_bytes().to_vec();
-    k.extend(0u32.to_le_bytes());
-    k.extend(sector.to_le_bytes());
-    k
+/// A key of `RQ_INFLIGHT` as bytes: any u64 (the kernel's request pointer, or the classic
+/// programs' folded device and sector); entries the test writes use ids of their own.
+pub fn request_key(id: u64) -> Vec<u8> {
+    id.to_le_bytes().to_vec()
 }
 
-/// `RqVal { start_ns, count, nr_sector, op }` as bytes (`op` all zero: unknown).
+/// `Request { start_ns, sector, dev, count, nr_sector, _pad, op }` as bytes (`op` all
+/// zero: unknown).
+pub fn request(start_ns: u64, dev: u32, sector: u64, count: u32, nr_sector: u32) -> Vec<u8> {
+    let mut v = start_ns.to_le_bytes().to_vec();
+    v.extend(sector.to_le_bytes());
+    v.extend(dev.to_le_bytes());
+    v.extend(count.to_le_bytes());
+    v.extend(nr_sector.to_le_bytes());
+    v.extend(0u32.to_le_bytes());
+    v.extend([0u8; 8]);
+    v
+}
+
+/// `RqVal { start_ns, count, nr_sector, op }` as bytes (`op` all zero: unknown), the value
+/// of the bio and RPC maps.
 pub fn rq_val(start_ns: u64, count: u32, nr_sector: u32) -> Vec<u8> {
     let mut v = start_ns.to_le_bytes().to_vec();
     v.extend(count.to_le_bytes());

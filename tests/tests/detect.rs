@@ -449,12 +449,15 @@ fn leaked_map_entry_is_no_phantom_stall() {
     let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
     let start_ns = (mono.tv_sec() as u64 - 100) * 1_000_000_000;
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
-    let mut key = dev.to_le_bytes().to_vec();
-    key.extend(0u32.to_le_bytes());
-    key.extend(0xdead_beefu64.to_le_bytes());
+    // `RQ_INFLIGHT`: a request pointer (or the classic programs' folded key) to
+    // `agent_ebpf::Request` { start_ns, sector, dev, count, nr_sector, _pad, op }.
+    let key = 0xdead_beefu64.to_le_bytes().to_vec();
     let mut val = start_ns.to_le_bytes().to_vec();
+    val.extend(0xdead_beefu64.to_le_bytes());
+    val.extend(dev.to_le_bytes());
     val.extend(1u32.to_le_bytes());
     val.extend(8u32.to_le_bytes());
+    val.extend(0u32.to_le_bytes());
     // `op`: unknown.
     val.extend([0u8; 8]);
     // By id, not by name: another agent on the host has a map of the same name.

@@ -252,7 +252,7 @@ impl Soak<'_> {
     fn inflight_flood(&mut self, m: &LoopXfs<'_>, cycle: usize) {
         let (ma, mi) = m.dev().expect("loop dev");
         let now = bpfmap::monotonic_ns();
-        let val = bpfmap::rq_val(now.saturating_sub(5_000_000_000), 1, 8);
+        let start = now.saturating_sub(5_000_000_000);
         let base = (cycle as u64 + 1) << 32;
         let mut written = 0;
         for i in 0..INFLIGHT_ENTRIES {
@@ -261,9 +261,10 @@ impl Soak<'_> {
             } else {
                 bpfmap::kernel_dev(VANISHED_MAJOR, (cycle % 16) as u32)
             };
+            let val = bpfmap::request(start, dev, base + i, 1, 8);
             if self
                 .rq
-                .update(&bpfmap::rq_key(dev, base + i), &val, 0)
+                .update(&bpfmap::request_key(base + i), &val, 0)
                 .is_ok()
             {
                 written += 1;
@@ -367,12 +368,15 @@ impl Soak<'_> {
             std::thread::sleep(Duration::from_millis(50));
         }
         let (ma, mi) = dev_of(&name);
-        let val = bpfmap::rq_val(bpfmap::monotonic_ns(), 1, 8);
+        let now = bpfmap::monotonic_ns();
+        let dev = bpfmap::kernel_dev(ma, mi);
         let mut filled = 0;
         for i in 0..RQ_MAP_ENTRIES as u64 {
+            // Ids no kernel pointer has (the top bit clear, below any kernel address).
+            let id = (1 << 40) | i;
             match self.rq.update(
-                &bpfmap::rq_key(bpfmap::kernel_dev(ma, mi), (1 << 40) | i),
-                &val,
+                &bpfmap::request_key(id),
+                &bpfmap::request(now, dev, id, 1, 8),
                 bpfmap::BPF_NOEXIST,
             ) {
                 Ok(()) => filled += 1,

@@ -1,6 +1,10 @@
-//! Block requests: in-flight tracking (issue -> complete) and errors.
+//! Block requests on the classic tracepoints: in-flight tracking (issue -> complete) where
+//! the BTF-enabled programs (`block_btf.rs`) cannot run, and errors (`block_rq_error`) on
+//! every kernel that has it.
 
-use agent_ebpf::{EventKind, FLAG_ERRORS_FROM_COMPLETE, Field, OP_LEN, RqKey, RqVal, Stat};
+use agent_ebpf::{
+    EventKind, FLAG_ERRORS_FROM_COMPLETE, Field, OP_LEN, Request, Stat, classic_rq_key,
+};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
 use super::{BPF_NOEXIST, RQ_INFLIGHT, count, emit, offsets};
@@ -24,11 +28,7 @@ fn try_issue(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: as above; an unreadable operation is recorded as unknown, not a lost request.
     let op =
         unsafe { ctx.read_at::<[u8; OP_LEN]>(o.get(Field::RqIssueRwbs)) }.unwrap_or([0; OP_LEN]);
-    let key = RqKey {
-        dev,
-        _pad: 0,
-        sector,
-    };
+    let key = classic_rq_key(dev, sector);
     if let Some(v) = RQ_INFLIGHT.get_ptr_mut(key) {
         // Another request with the same key (a flush) is in flight: keep the oldest start.
         // SAFETY: map value pointer; a lost update only leaks an entry, which the scanner's
@@ -36,11 +36,14 @@ fn try_issue(ctx: &TracePointContext) -> Result<(), i32> {
         unsafe { (*v).count = (*v).count.saturating_add(1) };
         return Ok(());
     }
-    let val = RqVal {
+    let val = Request {
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        sector,
+        dev,
         count: 1,
         nr_sector,
+        _pad: 0,
         op,
     };
     if RQ_INFLIGHT.insert(key, val, BPF_NOEXIST).is_err() {
@@ -115,11 +118,7 @@ pub fn block_rq_requeue(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn done(dev: u32, sector: u64) {
-    let key = RqKey {
-        dev,
-        _pad: 0,
-        sector,
-    };
+    let key = classic_rq_key(dev, sector);
     if let Some(v) = RQ_INFLIGHT.get_ptr_mut(key) {
         // SAFETY: map value pointer, see `try_issue`.
         unsafe {

@@ -2,6 +2,7 @@
 
 mod bio;
 mod block;
+mod block_btf;
 mod ext4;
 mod mounts;
 mod rpc;
@@ -10,7 +11,7 @@ mod xfs_kprobe;
 
 use agent_ebpf::{
     BIO_DONE_ENTRIES, BIO_MAP_ENTRIES, BioDone, Event, EventKind, MOUNT_MAP_ENTRIES, MountCall,
-    OP_LEN, Offsets, RINGBUF_BYTES, RPC_MAP_ENTRIES, RQ_MAP_ENTRIES, RpcKey, RqKey, RqVal,
+    OP_LEN, Offsets, RINGBUF_BYTES, RPC_MAP_ENTRIES, RQ_MAP_ENTRIES, Request, RpcKey, RqKey, RqVal,
     STAT_COUNT, Stat,
 };
 use aya_ebpf::{
@@ -27,10 +28,11 @@ static OFFSETS: Array<Offsets> = Array::with_max_entries(1, 0);
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 
-/// Block requests in flight. A plain hash, not LRU: an LRU would evict exactly the stuck
-/// request we are looking for.
+/// Block requests in flight, by request pointer (BTF-enabled programs) or by
+/// `classic_rq_key`. A plain hash, not LRU: an LRU would evict exactly the stuck request we
+/// are looking for.
 #[map(name = "RQ_INFLIGHT")]
-static RQ_INFLIGHT: HashMap<RqKey, RqVal> = HashMap::with_max_entries(RQ_MAP_ENTRIES, 0);
+static RQ_INFLIGHT: HashMap<u64, Request> = HashMap::with_max_entries(RQ_MAP_ENTRIES, 0);
 
 /// Bios of tracked (device-mapper) devices in flight; see `bio.rs`.
 #[map(name = "BIO_INFLIGHT")]

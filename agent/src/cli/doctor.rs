@@ -176,7 +176,7 @@ pub fn run() -> DoctorReport {
         if loaded.is_some() {
             for s in status {
                 let (verdict, fix) = match s.state {
-                    ProbeState::Attached => (Verdict::Ok, None),
+                    ProbeState::Attached | ProbeState::Standby => (Verdict::Ok, None),
                     ProbeState::Missing => (Verdict::Warn, Some(missing_fix(&s.probe))),
                     ProbeState::Failed => (
                         Verdict::Warn,

@@ -15,7 +15,8 @@ use crate::{
     daemon::reload::{self, ConfigSource},
     daemon::service::Service,
     daemon::startup::{self, Started},
-    probes::events::KernelEvent,
+    health::engine::Engine,
+    probes::{AttachedProbes, events::KernelEvent},
     publish::shared::Shared,
     remedy::Remedy,
 };
@@ -37,6 +38,17 @@ pub enum RunError {
 const REATTACH_EVERY: Duration = Duration::from_secs(10);
 /// Mount table re-read even without a change notification, as a safety net.
 const TOPOLOGY_EVERY: Duration = Duration::from_secs(30);
+
+/// Attaches what is missing (late modules) and detaches what is no longer needed (the bio
+/// programs without dm devices); the engine learns the new probe states.
+fn reattach_probes(loaded: Option<&mut AttachedProbes>, engine: &mut Engine) {
+    let Some(l) = loaded else { return };
+    match l.attach_missing() {
+        Ok(true) => engine.set_probes(l.status()),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "re-attaching probes failed"),
+    }
+}
 
 async fn ring_readable(
     ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
@@ -202,20 +214,11 @@ async fn drive(
             Some(()) = topo_rx.recv() => {
                 while topo_rx.try_recv().is_ok() {}
                 mounts.refresh(&mut engine, &|p| checker.exists(p));
+                // A new mount may be the first device-mapper device (its bio programs).
+                reattach_probes(loaded.as_mut(), &mut engine);
             }
             _ = topo_timer.tick() => mounts.refresh(&mut engine, &|p| checker.exists(p)),
-            _ = reattach.tick() => {
-                if let Some(l) = loaded.as_mut() {
-                    match l.attach_missing() {
-                        Ok(changed) => {
-                            if changed {
-                                engine.set_probes(l.status());
-                            }
-                        }
-                        Err(e) => warn!(error = %e, "re-attaching probes failed"),
-                    }
-                }
-            }
+            _ = reattach.tick() => reattach_probes(loaded.as_mut(), &mut engine),
             Ok(()) = cfg_rx.changed() => {
                 let new = Arc::clone(&cfg_rx.borrow_and_update());
                 if new.detect.scan_interval != scan.period() {

@@ -146,11 +146,8 @@ fn all_probes(state: ProbeState, detail: &str) -> Vec<ProbeStatus> {
     PROGRAMS
         .iter()
         .flat_map(|p| {
-            p.tracepoints.iter().map(move |t| ProbeStatus {
-                probe: t.probe_name(),
-                program: p.program,
-                state,
-                detail: detail.to_string(),
+            p.tracepoints.iter().map(move |t| {
+                ProbeStatus::new(t.probe_name(), p.program, state, detail.to_string())
             })
         })
         .collect()

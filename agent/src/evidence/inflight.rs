@@ -123,7 +123,9 @@ pub fn per_device(
     out
 }
 
-fn entries<K: aya::Pod>(map: &HashMap<MapData, K, RqVal>) -> impl Iterator<Item = (K, RqVal)> + '_ {
+fn entries<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+) -> impl Iterator<Item = (K, V)> + '_ {
     map.iter().flatten()
 }
 
@@ -147,7 +149,11 @@ pub fn rpc_tracking(probes: &[crate::probes::ProbeStatus]) -> String {
 }
 
 pub fn read(maps: &InflightMaps, devices: &[DevId], now_ns: u64) -> Inflight {
-    let requests = per_device(entries(&maps.rq_inflight), devices, now_ns);
+    let requests = per_device(
+        entries(&maps.rq_inflight).map(|(_, r)| r.split()),
+        devices,
+        now_ns,
+    );
     let dm_bios = per_device(entries(&maps.bio_inflight), devices, now_ns);
     let mut rpc: Vec<RpcTask> = entries(&maps.rpc_inflight)
         .map(|(k, v)| RpcTask {
@@ -283,11 +289,8 @@ mod tests {
     #[test]
     fn rpc_tracking_says_whether_none_means_none() {
         use crate::probes::{ProbeState, ProbeStatus};
-        let p = |probe: &str, state, detail: &str| ProbeStatus {
-            probe: probe.into(),
-            program: "x",
-            state,
-            detail: detail.into(),
+        let p = |probe: &str, state, detail: &str| {
+            ProbeStatus::new(probe.into(), "x", state, detail.into())
         };
         let attached = [
             p("sunrpc:rpc_task_begin", ProbeState::Attached, ""),

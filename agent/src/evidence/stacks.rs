@@ -11,7 +11,7 @@
 
 use std::{collections::HashMap, io::Read};
 
-use aya::{Btf, Ebpf, EbpfLoader, programs::Iter};
+use aya::{Ebpf, EbpfLoader, programs::Iter};
 
 use crate::probes::btf;
 
@@ -56,7 +56,9 @@ impl StackIter {
             .map_err(|e| format!("loading the stack iterator: {e}"))?;
         // SAFETY: malloc_trim has no memory arguments.
         unsafe { libc::malloc_trim(0) };
-        let attach = attach_btf(attach_id)?;
+        // What `Iter::load` is given to find its attach point (see `btf::placeholder`).
+        let attach = btf::placeholder(&[(attach_id, btf::PLACEHOLDER_FUNC, "bpf_iter_task")])
+            .map_err(|e| format!("placeholder BTF: {e}"))?;
         let prog: &mut Iter = ebpf
             .program_mut(PROGRAM)
             .ok_or("the stack iterator is missing from its object")?
@@ -91,27 +93,6 @@ impl StackIter {
             .map_err(|e| format!("reading the iterator: {e}"))?;
         Ok(parse(&text))
     }
-}
-
-/// What `Iter::load` is given to find its attach point: aya only asks it for the id of
-/// `bpf_iter_task` and passes that id to the kernel, so placeholders up to the kernel's own id
-/// (found by the BTF walk) and the function there are enough: a few MiB for a moment, where a
-/// second full parse into aya's types would cost some 20 MiB more, for the same number.
-fn attach_btf(id: u32) -> Result<Btf, String> {
-    use aya_obj::btf::{BtfType, Func, FuncLinkage};
-    let mut b = Btf::new();
-    let name = b.add_string("bpf_iter_task");
-    // Btf::new holds id 0 (void) already.
-    for _ in 1..id {
-        b.add_type(BtfType::Unknown);
-    }
-    let got = b.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
-    if got != id {
-        return Err(format!(
-            "placeholder BTF put bpf_iter_task at {got}, not {id}"
-        ));
-    }
-    Ok(b)
 }
 
 /// `T <tid> <tgid> <state> <waited_ns>` followed by its frames, one per line.

@@ -158,12 +158,17 @@ impl Engine {
     pub fn set_probes(&mut self, probes: &[ProbeStatus]) {
         for p in probes {
             let attached = i64::from(p.state == crate::probes::ProbeState::Attached);
+            let labels = metrics::ProbeLabels {
+                probe: p.probe.clone(),
+            };
             self.metrics
                 .probe_attached
-                .get_or_create(&metrics::ProbeLabels {
-                    probe: p.probe.clone(),
-                })
+                .get_or_create(&labels)
                 .set(attached);
+            if crate::probes::btf_block::has_btf_program(&p.probe) {
+                let btf = i64::from(p.via == crate::probes::Via::TpBtf);
+                self.metrics.probe_btf.get_or_create(&labels).set(btf);
+            }
         }
         self.probes = probes.to_vec();
     }

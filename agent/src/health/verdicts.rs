@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agent_ebpf::{MountCall, RqKey, RqVal};
+use agent_ebpf::{MountCall, Request};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use tracing::{debug, warn};
 
@@ -104,7 +104,7 @@ impl Engine {
     /// Applies the block scanner's verdicts to the observed devices.
     fn apply_block(
         &mut self,
-        rq: Option<&mut HashMap<MapData, RqKey, RqVal>>,
+        rq: Option<&mut HashMap<MapData, u64, Request>>,
         bios: &BTreeMap<DevId, scan::bio::BioInflight>,
         now_ns: u64,
         now: SystemTime,

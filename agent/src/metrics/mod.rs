@@ -110,6 +110,7 @@ pub struct Metrics {
     pub map_full: Family<MapLabels, Counter>,
     pub table_full: Family<TableLabels, Counter>,
     pub probe_attached: Family<ProbeLabels, Gauge>,
+    pub probe_btf: Family<ProbeLabels, Gauge>,
     pub mount_checks: Family<OutcomeLabels, Counter>,
     pub canary_writes: Family<CanaryLabels, Counter>,
     pub scans: Counter,
@@ -148,6 +149,7 @@ impl Metrics {
             map_full: Family::default(),
             table_full: Family::default(),
             probe_attached: Family::default(),
+            probe_btf: Family::default(),
             mount_checks: Family::default(),
             canary_writes: Family::default(),
             scans: Counter::default(),
@@ -274,8 +276,13 @@ impl Metrics {
         );
         r.register(
             "probe_attached",
-            "1 when the tracepoint is attached, 0 when missing or failed",
+            "1 when the tracepoint is attached, 0 when missing, failed or on standby",
             m.probe_attached.clone(),
+        );
+        r.register(
+            "probe_btf",
+            "For events with a BTF-enabled program: 1 when it runs (tp_btf), 0 when the classic tracepoint does instead (doctor says why)",
+            m.probe_btf.clone(),
         );
         r.register(
             "confirm_probes",

@@ -1,9 +1,10 @@
 //! Member offsets of kernel structs, read from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
 //!
-//! The programs in the main object read tracefs formats instead and need no BTF; the stack
-//! iterator needs a few `task_struct` fields whose place depends on the kernel's config. aya
-//! parses BTF too but does not expose members, so this walks the raw type section once (a
-//! few milliseconds, no allocation per type) looking for the named structs only.
+//! The stack iterator needs a few `task_struct` fields and the BTF-enabled block programs a
+//! few `struct request` ones, whose place depends on the kernel's version and config. aya
+//! parses BTF too, into some 20 MiB of its own types, and does not expose members; this
+//! walks the raw type section (a few milliseconds, no allocation per type) for what is
+//! asked only, and builds the stand-in aya needs to name an attach point ([`placeholder`]).
 
 use std::collections::HashMap;
 
@@ -28,11 +29,26 @@ pub enum BtfError {
     NoFunc(String),
     #[error("{0} has no member {1}")]
     NoMember(String, String),
+    #[error("tracepoint {0} has no BTF prototype (btf_trace_{0})")]
+    NoTrace(String),
+    #[error("enum {0} not in the kernel's BTF")]
+    NoEnum(String),
+    #[error("type {0} is not what a tracepoint prototype is")]
+    Shape(u32),
 }
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
 const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_ENUM64: u32 = 19;
+/// Modifiers that only name or qualify another type: VOLATILE, CONST, RESTRICT, TYPE_TAG.
+const KIND_MODIFIERS: [u32; 4] = [9, 10, 11, 18];
 
 /// Raw BTF of the running kernel.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -180,7 +196,147 @@ pub fn func_id(btf: &[u8], name: &str) -> Result<u32, BtfError> {
     id.ok_or_else(|| BtfError::NoFunc(name.into()))
 }
 
-fn member(all: &HashMap<String, Members>, s: &str, m: &str) -> Result<u32, BtfError> {
+/// A tracepoint's BTF prototype: the id of its `btf_trace_<event>` typedef (what a `tp_btf`
+/// program names as its attach point) and the size in bytes of each argument after the
+/// leading `void *`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceProto {
+    pub id: u32,
+    pub arg_sizes: Vec<u32>,
+}
+
+/// The prototypes of the named tracepoint events.
+pub fn trace_protos(btf: &[u8], events: &[&str]) -> Result<HashMap<String, TraceProto>, BtfError> {
+    let s = Sections::of(btf)?;
+    // Where each record starts, by id: prototypes point at types anywhere in the section.
+    let mut starts = vec![0usize];
+    let mut typedefs: Vec<(String, u32, u32)> = Vec::new();
+    s.walk(|r| {
+        starts.push(r.body - 12);
+        if r.kind == KIND_TYPEDEF
+            && let Some(ev) = s.name(r.name_off).strip_prefix("btf_trace_")
+            && events.contains(&ev)
+        {
+            let target = u32_at(btf, r.body - 4).ok_or(BtfError::Truncated(r.body))?;
+            typedefs.push((ev.to_owned(), r.id, target));
+        }
+        Ok(false)
+    })?;
+    let head = |id: u32| -> Result<(u32, u32, usize), BtfError> {
+        let at = *starts.get(id as usize).ok_or(BtfError::Shape(id))?;
+        let info = u32_at(btf, at + 4).ok_or(BtfError::Truncated(at))?;
+        let next = u32_at(btf, at + 8).ok_or(BtfError::Truncated(at))?;
+        Ok(((info >> 24) & 0x1f, next, at))
+    };
+    // The byte size of a type, through typedefs and qualifiers.
+    let size = |mut id: u32| -> Result<u32, BtfError> {
+        for _ in 0..16 {
+            let (kind, next, _) = head(id)?;
+            match kind {
+                KIND_PTR => return Ok(8),
+                KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => return Ok(next),
+                k if k == KIND_TYPEDEF || KIND_MODIFIERS.contains(&k) => id = next,
+                _ => break,
+            }
+        }
+        Err(BtfError::Shape(id))
+    };
+    let mut out = HashMap::new();
+    for (ev, id, target) in typedefs {
+        let (kind, proto, _) = head(target)?;
+        let (proto_kind, _, at) = head(proto)?;
+        if kind != KIND_PTR || proto_kind != KIND_FUNC_PROTO {
+            return Err(BtfError::Shape(target));
+        }
+        let info = u32_at(btf, at + 4).ok_or(BtfError::Truncated(at))?;
+        let mut arg_sizes = Vec::new();
+        // Parameters are (name, type) pairs; the first is the probe's `void *__data`.
+        for p in 1..(info & 0xffff) as usize {
+            let ty = u32_at(btf, at + 12 + 8 * p + 4).ok_or(BtfError::Truncated(at))?;
+            arg_sizes.push(size(ty)?);
+        }
+        out.insert(ev, TraceProto { id, arg_sizes });
+    }
+    Ok(out)
+}
+
+/// The values of a named enum's constants.
+pub fn enum_values(btf: &[u8], name: &str) -> Result<HashMap<String, i64>, BtfError> {
+    let s = Sections::of(btf)?;
+    let mut found = None;
+    s.walk(|r| {
+        if !(r.kind == KIND_ENUM || r.kind == KIND_ENUM64) || s.name(r.name_off) != name {
+            return Ok(false);
+        }
+        let step = if r.kind == KIND_ENUM { 8 } else { 12 };
+        let mut values = HashMap::new();
+        for i in 0..r.vlen {
+            let at = r.body + step * i;
+            let (Some(n), Some(lo)) = (u32_at(btf, at), u32_at(btf, at + 4)) else {
+                return Err(BtfError::Truncated(at));
+            };
+            let v = if r.kind == KIND_ENUM {
+                i64::from(lo as i32)
+            } else {
+                let hi = u32_at(btf, at + 8).ok_or(BtfError::Truncated(at))?;
+                ((u64::from(hi) << 32) | u64::from(lo)) as i64
+            };
+            values.insert(s.name(n).to_owned(), v);
+        }
+        found = Some(values);
+        Ok(true)
+    })?;
+    found.ok_or_else(|| BtfError::NoEnum(name.into()))
+}
+
+/// What aya's program loaders are given to find an attach point: they only look a name up
+/// (a FUNC for iterators, a TYPEDEF for `tp_btf`) and pass its id to the kernel, so empty
+/// records up to the kernel's own ids and the named ones there are enough; a few MiB for a
+/// moment, where aya's own parse of the kernel's BTF costs some 20 MiB, for the same numbers.
+pub fn placeholder(named: &[(u32, u32, &str)]) -> Result<aya::Btf, BtfError> {
+    let mut strings = vec![0u8];
+    let mut types = Vec::new();
+    let mut named: Vec<_> = named.to_vec();
+    named.sort_by_key(|n| n.0);
+    let mut next = 1;
+    for (id, kind, name) in named {
+        if id < next {
+            return Err(BtfError::Shape(id));
+        }
+        // Kind 0 records are what aya reads as unknown types, 12 bytes each.
+        types.resize(types.len() + 12 * (id - next) as usize, 0);
+        let name_off = strings.len() as u32;
+        strings.extend_from_slice(name.as_bytes());
+        strings.push(0);
+        // A FUNC's vlen is its linkage: global (1).
+        let vlen = u32::from(kind == KIND_FUNC);
+        for w in [name_off, (kind << 24) | vlen, 0] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+        next = id + 1;
+    }
+    let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
+    blob.extend_from_slice(&MAGIC.to_le_bytes());
+    blob.extend_from_slice(&[1, 0]);
+    for w in [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        blob.extend_from_slice(&w.to_le_bytes());
+    }
+    blob.extend_from_slice(&types);
+    blob.extend_from_slice(&strings);
+    aya::Btf::parse(&blob, aya::Endianness::Little).map_err(|_| BtfError::Header)
+}
+
+/// Kinds [`placeholder`] can stand in for.
+pub const PLACEHOLDER_FUNC: u32 = KIND_FUNC;
+pub const PLACEHOLDER_TYPEDEF: u32 = KIND_TYPEDEF;
+
+pub(crate) fn member(all: &HashMap<String, Members>, s: &str, m: &str) -> Result<u32, BtfError> {
     let members = all.get(s).ok_or_else(|| BtfError::NoStruct(s.into()))?;
     members
         .get(m)

@@ -61,6 +61,14 @@ pub fn device_mapper_major(proc_devices: &Path) -> Option<u32> {
     )
 }
 
+/// Whether any device-mapper device exists (`dm-N` under `/sys/block`).
+pub fn device_mapper_present(sys_block: &Path) -> bool {
+    std::fs::read_dir(sys_block).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("dm-"))
+    })
+}
+
 fn parse_block_major(text: &str, name: &str) -> Option<u32> {
     text.split("Block devices:")
         .nth(1)?

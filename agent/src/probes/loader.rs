@@ -3,100 +3,25 @@
 //! warning and reported; the rest runs.
 
 use std::{
-    collections::HashSet,
-    os::fd::AsFd,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
-use agent_ebpf::{
-    BioDone, FLAG_ERRORS_FROM_COMPLETE, MountCall, Offsets, RpcKey, RqKey, RqVal, maps,
-};
+use agent_ebpf::{FLAG_ERRORS_FROM_COMPLETE, Offsets, RQ_LAYOUT_GLOBAL, maps};
 use aya::{
-    Ebpf,
-    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, TracePoint},
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{KProbe, TracePoint, trace_point::TracePointLinkId},
 };
-use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::{
-    ProbeError, format,
+    Maps, ProbeError, ProbeState, ProbeStatus, ScanMaps, Via, btf, btf_block, dev, format,
     spec::{KPROBES, KprobeSpec, PROGRAMS, ProgramSpec, Tracepoint},
 };
 
 /// The kernel object built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindsto"));
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeState {
-    Attached,
-    /// The tracepoint does not exist on this kernel (or its module is not loaded yet).
-    Missing,
-    /// It exists but could not be used (unexpected layout, verifier or attach error).
-    Failed,
-}
-
-/// What happened to one tracepoint; shown by `doctor`, `/status` and the metrics.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProbeStatus {
-    pub probe: String,
-    pub program: &'static str,
-    pub state: ProbeState,
-    pub detail: String,
-}
-
-/// Map handles taken out of the object, used by the event reader and the scanner.
-pub struct Maps {
-    pub events: RingBuf<MapData>,
-    pub scan: ScanMaps,
-}
-
-/// The maps the scanner reads each pass.
-pub struct ScanMaps {
-    pub rq_inflight: HashMap<MapData, RqKey, RqVal>,
-    pub mount_calls: HashMap<MapData, u64, MountCall>,
-    pub stats: PerCpuArray<MapData, u64>,
-    pub bio_inflight: HashMap<MapData, RqKey, RqVal>,
-    pub bio_done: HashMap<MapData, u32, BioDone>,
-    pub rpc_inflight: HashMap<MapData, RpcKey, RqVal>,
-}
-
-/// Second handles on the in-flight maps, for the incident evidence: its capture runs on its
-/// own thread while the scanner keeps the first ones. Read-only by convention.
-pub struct InflightMaps {
-    pub rq_inflight: HashMap<MapData, RqKey, RqVal>,
-    pub mount_calls: HashMap<MapData, u64, MountCall>,
-    pub bio_inflight: HashMap<MapData, RqKey, RqVal>,
-    pub rpc_inflight: HashMap<MapData, RpcKey, RqVal>,
-}
-
-fn second<K: aya::Pod, V: aya::Pod>(
-    name: &'static str,
-    map: &HashMap<MapData, K, V>,
-) -> Result<HashMap<MapData, K, V>, ProbeError> {
-    let fd = map
-        .map()
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| ProbeError::Dup { name, source })?;
-    let data = MapData::from_fd(fd).map_err(|source| ProbeError::Map { name, source })?;
-    HashMap::try_from(aya::maps::Map::HashMap(data))
-        .map_err(|source| ProbeError::Map { name, source })
-}
-
-impl ScanMaps {
-    /// Duplicates the descriptors (no privilege needed, unlike opening a map by id).
-    pub fn inflight(&self) -> Result<InflightMaps, ProbeError> {
-        Ok(InflightMaps {
-            rq_inflight: second(maps::RQ_INFLIGHT, &self.rq_inflight)?,
-            mount_calls: second(maps::MOUNT_CALLS, &self.mount_calls)?,
-            bio_inflight: second(maps::BIO_INFLIGHT, &self.bio_inflight)?,
-            rpc_inflight: second(maps::RPC_INFLIGHT, &self.rpc_inflight)?,
-        })
-    }
-}
 
 /// The loaded object; kept alive for as long as programs should stay attached. Dropping it
 /// detaches everything (nothing is pinned, so a dead agent leaves nothing behind).
@@ -107,7 +32,14 @@ pub struct AttachedProbes {
     loaded_programs: HashSet<&'static str>,
     tracefs: PathBuf,
     status: Vec<ProbeStatus>,
+    /// Whether the BTF-enabled block programs track requests, or why not.
+    block_btf: Result<(), String>,
+    /// Links of the classic programs, for those attached only while needed.
+    links: HashMap<&'static str, TracePointLinkId>,
 }
+
+/// The bio-level programs: needed only for device-mapper devices.
+const BIO_PROGRAMS: [&str; 2] = ["block_bio_queue", "block_bio_complete"];
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
@@ -150,7 +82,19 @@ impl AttachedProbes {
             return Err(ProbeError::NoObject);
         }
         raise_memlock();
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        // The request layout first: a read-only global is fixed when the object loads. The
+        // raw BTF is gone again before aya's loader parses its own copy.
+        let have_rq_error = matches!(
+            format::read(tracefs, "block", "block_rq_error"),
+            Ok(Some(_))
+        );
+        let prepared = btf::read_vmlinux()
+            .and_then(|raw| btf_block::prepare(&raw, have_rq_error))
+            .map_err(|e| format!("no request layout from the kernel's BTF: {e}"));
+        let layout = prepared.as_ref().map(|p| p.layout).unwrap_or_default();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(RQ_LAYOUT_GLOBAL, &layout, true)
+            .load(OBJECT)?;
         let maps = Maps {
             events: take(&mut ebpf, maps::EVENTS)?,
             scan: ScanMaps {
@@ -170,7 +114,14 @@ impl AttachedProbes {
             loaded_programs: HashSet::new(),
             tracefs: tracefs.to_path_buf(),
             status: Vec::new(),
+            block_btf: Err(String::new()),
+            links: HashMap::new(),
         };
+        loaded.block_btf = prepared.and_then(|p| btf_block::attach(&mut loaded.ebpf, &p));
+        match &loaded.block_btf {
+            Ok(()) => info!("block requests tracked by the BTF-enabled programs (tp_btf)"),
+            Err(e) => warn!(reason = %e, "block requests tracked by the classic tracepoints"),
+        }
         loaded.attach_missing()?;
         Ok((loaded, maps))
     }
@@ -192,32 +143,54 @@ impl AttachedProbes {
         let mut ready: Vec<(&'static ProgramSpec, &'static Tracepoint, &'static str)> = Vec::new();
         let mut status = Vec::new();
         let mut offsets = self.offsets;
+        let mut changed = false;
+        // dm-mod may load after the agent: its major is looked up again on every pass. The bio
+        // programs run on every bio of every disk, so only while a dm device exists.
+        offsets.bio_major = dev::device_mapper_major(Path::new("/proc/devices")).unwrap_or(0);
+        let want_bio =
+            offsets.bio_major != 0 && dev::device_mapper_present(Path::new("/sys/block"));
         for prog in PROGRAMS {
+            if self.block_btf.is_ok() && btf_block::REPLACED.contains(&prog.program) {
+                status.extend(self.btf_status(prog));
+                continue;
+            }
+            if BIO_PROGRAMS.contains(&prog.program) && !want_bio {
+                changed |= self.detach(prog.program);
+                status.extend(prog.tracepoints.iter().map(|tp| {
+                    ProbeStatus::new(
+                        tp.probe_name(),
+                        prog.program,
+                        ProbeState::Standby,
+                        "no device-mapper device: attached when one appears".into(),
+                    )
+                }));
+                continue;
+            }
             for tp in prog.tracepoints {
                 let probe = tp.probe_name();
                 if previous.contains(&probe) {
-                    status.push(ProbeStatus {
+                    status.push(ProbeStatus::new(
                         probe,
-                        program: prog.program,
-                        state: ProbeState::Attached,
-                        detail: String::new(),
-                    });
+                        prog.program,
+                        ProbeState::Attached,
+                        String::new(),
+                    ));
                     continue;
                 }
                 match self.resolve(tp, &mut offsets) {
                     Ok(Some(event)) => ready.push((prog, tp, event)),
-                    Ok(None) => status.push(ProbeStatus {
+                    Ok(None) => status.push(ProbeStatus::new(
                         probe,
-                        program: prog.program,
-                        state: ProbeState::Missing,
-                        detail: missing_detail(tp.system),
-                    }),
-                    Err(e) => status.push(ProbeStatus {
+                        prog.program,
+                        ProbeState::Missing,
+                        missing_detail(tp.system),
+                    )),
+                    Err(e) => status.push(ProbeStatus::new(
                         probe,
-                        program: prog.program,
-                        state: ProbeState::Failed,
-                        detail: e.to_string(),
-                    }),
+                        prog.program,
+                        ProbeState::Failed,
+                        e.to_string(),
+                    )),
                 }
             }
         }
@@ -229,38 +202,42 @@ impl AttachedProbes {
         } else {
             offsets.flags |= FLAG_ERRORS_FROM_COMPLETE;
         }
-        // dm-mod may load after the agent: its major is looked up again on every pass.
-        offsets.bio_major =
-            crate::probes::dev::device_mapper_major(Path::new("/proc/devices")).unwrap_or(0);
         self.offsets_map.set(0, offsets, 0)?;
         self.offsets = offsets;
 
-        let mut changed = false;
         for (prog, tp, event) in ready {
             let probe = tp.probe_name();
             match self.attach(prog.program, tp.system, event) {
                 Ok(()) => {
                     info!(probe, event, "attached");
                     changed = true;
-                    status.push(ProbeStatus {
+                    status.push(ProbeStatus::new(
                         probe,
-                        program: prog.program,
-                        state: ProbeState::Attached,
-                        detail: String::new(),
-                    });
+                        prog.program,
+                        ProbeState::Attached,
+                        String::new(),
+                    ));
                 }
                 Err(e) => {
                     warn!(probe, error = %e, "could not attach; continuing without it");
-                    status.push(ProbeStatus {
+                    status.push(ProbeStatus::new(
                         probe,
-                        program: prog.program,
-                        state: ProbeState::Failed,
-                        detail: e.to_string(),
-                    });
+                        prog.program,
+                        ProbeState::Failed,
+                        e.to_string(),
+                    ));
                 }
             }
         }
         changed |= self.attach_kprobes(&previous, &mut status);
+        if let Err(why) = &self.block_btf {
+            for s in status
+                .iter_mut()
+                .filter(|s| btf_block::REPLACED[..2].contains(&s.program))
+            {
+                s.detail = format!("classic tracepoint; tp_btf not used: {why}");
+            }
+        }
         for s in &status {
             let was_reported = self
                 .status
@@ -278,6 +255,23 @@ impl AttachedProbes {
         Ok(changed)
     }
 
+    /// The BTF-enabled pair stands for the classic issue and completion (requeue needs no
+    /// program there, and is not listed).
+    fn btf_status(&self, prog: &'static ProgramSpec) -> Option<ProbeStatus> {
+        let (program, _) = [btf_block::ISSUE, btf_block::COMPLETE]
+            .into_iter()
+            .find(|(_, event)| *event == prog.program)?;
+        let tp = prog.tracepoints.first()?;
+        let mut s = ProbeStatus::new(
+            tp.probe_name(),
+            program,
+            ProbeState::Attached,
+            "tp_btf: reads struct request directly, keyed by the request pointer".into(),
+        );
+        s.via = Via::TpBtf;
+        Some(s)
+    }
+
     /// Attaches the kprobe fallbacks whose tracepoint is missing. Not listed at all where the
     /// tracepoint is attached (nothing is missing there).
     fn attach_kprobes(
@@ -289,12 +283,9 @@ impl AttachedProbes {
         for k in KPROBES {
             let probe = k.probe_name();
             let push = |status: &mut Vec<ProbeStatus>, state, detail: String| {
-                status.push(ProbeStatus {
-                    probe: probe.clone(),
-                    program: k.program,
-                    state,
-                    detail,
-                });
+                let mut s = ProbeStatus::new(probe.clone(), k.program, state, detail);
+                s.via = Via::Kprobe;
+                status.push(s);
             };
             if previous.contains(&probe) {
                 push(status, ProbeState::Attached, String::new());
@@ -407,7 +398,31 @@ impl AttachedProbes {
             prog.load()?;
             self.loaded_programs.insert(program);
         }
-        prog.attach(system, event)?;
+        let link = prog.attach(system, event)?;
+        self.links.insert(program, link);
         Ok(())
+    }
+
+    /// Detaches a classic program attached by [`Self::attach`]; true when it was attached.
+    fn detach(&mut self, program: &'static str) -> bool {
+        let Some(link) = self.links.remove(program) else {
+            return false;
+        };
+        let detached = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+            .map(|p| p.detach(link));
+        match detached {
+            Some(Ok(())) => {
+                info!(program, "detached: no device-mapper device left");
+                true
+            }
+            Some(Err(e)) => {
+                warn!(program, error = %e, "could not detach");
+                false
+            }
+            None => false,
+        }
     }
 }

@@ -1,13 +1,18 @@
 //! Loading and attaching the kernel programs, and the tracefs layouts they depend on.
 
 pub mod btf;
+pub mod btf_block;
 pub mod dev;
 pub mod events;
 pub mod format;
 pub mod loader;
+pub mod maps;
 pub mod spec;
+pub mod status;
 
-pub use loader::{AttachedProbes, InflightMaps, Maps, ProbeState, ProbeStatus, ScanMaps};
+pub use loader::AttachedProbes;
+pub use maps::{InflightMaps, Maps, ScanMaps};
+pub use status::{ProbeState, ProbeStatus, Via};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

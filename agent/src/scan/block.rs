@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use agent_ebpf::{RqKey, RqVal};
+use agent_ebpf::Request;
 use aya::maps::{HashMap, MapData};
 use tracing::debug;
 
@@ -24,10 +24,10 @@ pub struct MapInflight {
 }
 
 /// Groups the request map by disk.
-pub fn block_inflight(map: &HashMap<MapData, RqKey, RqVal>) -> BTreeMap<DevId, MapInflight> {
+pub fn block_inflight(map: &HashMap<MapData, u64, Request>) -> BTreeMap<DevId, MapInflight> {
     let mut out: BTreeMap<DevId, MapInflight> = BTreeMap::new();
-    for (key, val) in map.iter().flatten() {
-        let e = out.entry(DevId::from_kernel(key.dev)).or_default();
+    for (_, val) in map.iter().flatten() {
+        let e = out.entry(DevId::from_kernel(val.dev)).or_default();
         e.requests += u64::from(val.count.max(1));
         e.oldest_start_ns = Some(
             e.oldest_start_ns
@@ -41,21 +41,21 @@ pub fn block_inflight(map: &HashMap<MapData, RqKey, RqVal>) -> BTreeMap<DevId, M
 /// it: when sysfs said nothing was in flight on the disk (or it was gone), such entries lost
 /// their completion (partial completion, a race). Returns how many went, per disk.
 pub fn forget_leaked(
-    map: &mut HashMap<MapData, RqKey, RqVal>,
+    map: &mut HashMap<MapData, u64, Request>,
     idle: &BTreeMap<DevId, u64>,
 ) -> BTreeMap<DevId, usize> {
-    let stale: Vec<RqKey> = map
+    let stale: Vec<(u64, u32)> = map
         .iter()
         .flatten()
-        .filter(|(k, v)| {
-            idle.get(&DevId::from_kernel(k.dev))
+        .filter(|(_, v)| {
+            idle.get(&DevId::from_kernel(v.dev))
                 .is_some_and(|&before_ns| v.start_ns < before_ns)
         })
-        .map(|(k, _)| k)
+        .map(|(k, v)| (k, v.dev))
         .collect();
     let mut dropped = BTreeMap::new();
-    for k in stale.iter().filter(|k| map.remove(k).is_ok()) {
-        *dropped.entry(DevId::from_kernel(k.dev)).or_insert(0) += 1;
+    for (_, dev) in stale.iter().filter(|(k, _)| map.remove(k).is_ok()) {
+        *dropped.entry(DevId::from_kernel(*dev)).or_insert(0) += 1;
     }
     dropped
 }
@@ -119,7 +119,7 @@ pub struct BlockVerdict {
 pub fn scan(
     sysfs: &Sysfs,
     disks: Vec<Disk<'_>>,
-    rq: Option<&mut HashMap<MapData, RqKey, RqVal>>,
+    rq: Option<&mut HashMap<MapData, u64, Request>>,
     bios: &BTreeMap<DevId, BioInflight>,
     stall_after: Duration,
     now_ns: u64,

@@ -2,18 +2,19 @@
 //! second, with 5,000 bind mounts and with 10,000 requests in its in-flight map.
 
 use std::{
-    fmt::Write as _,
     path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
-use bindsto_tests::{BgProcess, FaultyDisk, Mode, run_cmd, sys::block_stat};
-use serde_json::Value;
-
-use crate::fixtures::{BenchAgent, RamLoop, faulty_disk, sh};
+use crate::fixtures::{BenchAgent, RamLoop, faulty_disk};
 use crate::tools::fio;
+use anyhow::{Context, Result};
+use bindsto_tests::{
+    BgProcess, FaultyDisk, Mode,
+    bpfmap::{self, BpfMap},
+    sys::block_stat,
+};
 
 pub struct Footprint {
     pub rows: Vec<(String, f64, f64, String)>,
@@ -95,23 +96,17 @@ pub fn footprint_runs(
         ]);
         let reader = BgProcess::spawn(dd)?;
         std::thread::sleep(Duration::from_secs(1));
-        let map_id = fill_inflight_map(agent.pid(), &disk, scratch, 10_000)?;
+        let map = fill_inflight_map(agent.pid(), &disk, 10_000)?;
         std::thread::sleep(Duration::from_secs(2));
         let (cpu, rss) = footprint(agent.pid(), Duration::from_secs(10))?;
         // Still there after the window: the scanner kept them (the disk really has a request
         // in flight), so every scan walked all of them.
-        let left = Command::new("bpftool")
-            .args(["map", "dump", "id", &map_id, "--json"])
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .and_then(|v| v.as_array().map(Vec::len))
-            .unwrap_or(0);
+        let left = map.len().unwrap_or(0);
         rows.push((
             "10,000 requests in flight".into(),
             cpu,
             rss,
-            format!("10000 entries written with bpftool; {left} in the map after the window"),
+            format!("10000 entries written through bpf(2); {left} in the map after the window"),
         ));
         disk.set_mode(Mode::Pass)?;
         drop(reader);
@@ -156,63 +151,25 @@ fn footprint(pid: u32, window: Duration) -> Result<(f64, f64)> {
 }
 
 /// Writes `n` entries for `disk` into the agent's RQ_INFLIGHT map (found through the agent's
-/// own fds, so other agents on the host are never touched) with one `bpftool batch`.
-fn fill_inflight_map(pid: u32, disk: &FaultyDisk, scratch: &Path, n: u32) -> Result<String> {
-    let mut map_id = None;
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-        if field("max_entries:") == Some("65536")
-            && field("key_size:") == Some("16")
-            && field("value_size:") == Some("16")
-        {
-            map_id = field("map_id:").map(str::to_string);
-        }
-    }
-    let map_id = map_id.context("the agent's RQ_INFLIGHT map")?;
-    let now_ns: u64 = sh(
-        "python3 -c 'import time; print(time.monotonic_ns())'",
-        Duration::from_secs(30),
-    )?
-    .trim()
-    .parse()?;
-    // The kernel's dev_t as the programs key it: major << 20 | minor.
+/// own fds, so other agents on the host are never touched).
+fn fill_inflight_map(pid: u32, disk: &FaultyDisk, n: u32) -> Result<BpfMap> {
+    let map = BpfMap::of_process(pid, "RQ_INFLIGHT")?;
     let (major, minor) = disk
         .dev_id()
         .split_once(':')
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .context("the disk's major:minor")?;
-    let dev = (major << 20) | minor;
-    let hex = |b: &[u8]| {
-        b.iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut batch = String::new();
-    for i in 0..n {
-        let mut key = dev.to_le_bytes().to_vec();
-        key.extend(0u32.to_le_bytes());
-        key.extend((1_000_000 + u64::from(i) * 8).to_le_bytes());
-        let mut val = (now_ns - 1_000_000_000).to_le_bytes().to_vec();
-        val.extend(1u32.to_le_bytes());
-        val.extend(8u32.to_le_bytes());
-        let _ = writeln!(
-            batch,
-            "map update id {map_id} key hex {} value hex {}",
-            hex(&key),
-            hex(&val)
-        );
+    let start = bpfmap::monotonic_ns() - 1_000_000_000;
+    for i in 0..u64::from(n) {
+        // Ids no kernel pointer has; sectors 8 apart.
+        let sector = 1_000_000 + i * 8;
+        map.update(
+            &bpfmap::request_key((1 << 40) | i),
+            &bpfmap::request(start, bpfmap::kernel_dev(major, minor), sector, 1, 8),
+            0,
+        )?;
     }
-    let file = scratch.join("inflight.batch");
-    std::fs::write(&file, batch)?;
-    let file = file.to_string_lossy().into_owned();
-    run_cmd(
-        "bpftool",
-        &["batch", "file", &file],
-        Duration::from_secs(120),
-    )?;
-    Ok(map_id)
+    Ok(map)
 }
 
 /// Reads and writes completed on `name` so far (sysfs stat).
