@@ -5,12 +5,22 @@ use std::{collections::BTreeMap, process::Command};
 
 use serde_json::Value;
 
-pub const BLOCK_TRACEPOINTS: [&str; 4] = [
+pub const BLOCK_TRACEPOINTS: [&str; 6] = [
     "block_rq_issue",
     "block_rq_complete",
     "block_rq_error",
     "block_rq_requeue",
+    "block_bio_queue",
+    "block_bio_complete",
 ];
+
+/// The tracepoint a program of that (kernel-truncated, 15-character) name is on: bindsto's
+/// BTF-enabled programs are named `<tracepoint>_btf`.
+pub fn tracepoint_of(name: &str) -> Option<&'static str> {
+    BLOCK_TRACEPOINTS.iter().copied().find(|tp| {
+        tp.starts_with(name) || name.strip_prefix(tp).is_some_and(|r| r.starts_with('_'))
+    })
+}
 
 /// BPF programs held by `pid`: prog id -> (run_time_ns, run_cnt), from its fdinfo.
 pub fn bpf_progs(pid: u32) -> BTreeMap<u32, (u64, u64)> {
@@ -78,13 +88,7 @@ pub fn prog_names() -> BTreeMap<u32, String> {
 /// they cost every condition the same, including "no tracing".
 pub fn other_block_tracers() -> String {
     let names = prog_names();
-    let on_block = |id: &u32| {
-        names.get(id).is_some_and(|n| {
-            BLOCK_TRACEPOINTS
-                .iter()
-                .any(|tp| tp.starts_with(n.as_str()))
-        })
-    };
+    let on_block = |id: &u32| names.get(id).is_some_and(|n| tracepoint_of(n).is_some());
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {

@@ -142,6 +142,17 @@ impl BenchAgent {
     /// commands `wrap`, so the mounts they make stay out of everyone else's. The wrapper execs
     /// into the agent, so the PID is the agent's.
     pub fn start(bin: &Path, scratch: &Path, tag: &str, wrap: Option<&str>) -> Result<Self> {
+        Self::start_env(bin, scratch, tag, wrap, &[])
+    }
+
+    /// As [`Self::start`], with extra environment variables for the agent.
+    pub fn start_env(
+        bin: &Path,
+        scratch: &Path,
+        tag: &str,
+        wrap: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let config = "dry_run = true\n[detect]\nscan_interval = \"1s\"\n\
                       io_stall_after = \"30s\"\nmount_blocked_after = \"60s\"\n";
         let program = match wrap {
@@ -161,7 +172,7 @@ impl BenchAgent {
             None => bin.to_path_buf(),
         };
         let agent =
-            Agent::start_within(&program, config, &["--log-level", "warn"], &[], AGENT_READY)
+            Agent::start_within(&program, config, &["--log-level", "warn"], env, AGENT_READY)
                 .with_context(|| format!("agent {tag} did not come up"))?;
         Ok(BenchAgent(agent))
     }

@@ -173,12 +173,34 @@ fn log_error_shutdown_is_confirmed_and_io_errors_reported() {
 
 #[test]
 fn hung_disk_is_a_stall_and_recovers() {
+    hung_disk_stall(&[], "1");
+}
+
+/// The classic tracepoints, the fallback where the kernel has no BTF, see the same stall.
+#[test]
+fn classic_tracepoints_see_the_same_stall() {
+    hung_disk_stall(&[("BINDSTO_CLASSIC_TRACEPOINTS", "1")], "0");
+}
+
+/// A hung disk under a writer is a stall after the threshold and recovers; `btf` is what
+/// `bindsto_probe_btf` must say of the request programs.
+fn hung_disk_stall(env: &[(&str, &str)], btf: &str) {
     let _g = privileged();
     let disk = disk();
     let xfs = XfsMount::new(&disk).expect("xfs");
     let m = mp(&xfs);
-    let mut agent = start_agent(&config(xfs.path()), &m);
+    let bin = bindsto_tests::agent::default_agent_bin().expect("agent binary");
+    let mut agent = Agent::start_with_env(bin, &config(xfs.path()), &[], env).expect("agent");
+    agent
+        .wait_for(Duration::from_secs(10), POLL, |s| {
+            state(s, "mount", &m) == "healthy"
+        })
+        .unwrap_or_else(|e| panic!("the agent never observed {m}: {e}"));
     let name = disk.loop_name();
+    for event in ["block_rq_issue", "block_rq_complete"] {
+        let line = format!("bindsto_probe_btf{{probe=\"block:{event}\"}} {btf}");
+        assert!(agent.metrics().contains(&line), "no {line}");
+    }
 
     disk.set_mode(Mode::Hang).expect("hang mode");
     let t0 = Instant::now();

@@ -17,6 +17,15 @@ pub const COMPLETE: (&str, &str) = ("block_rq_complete_btf", "block_rq_complete"
 /// Classic programs the BTF-enabled pair replaces (requeue: a re-issue replaces the entry).
 pub const REPLACED: [&str; 3] = ["block_rq_issue", "block_rq_complete", "block_rq_requeue"];
 
+/// Set (to anything but `0`) to track requests with the classic tracepoints even where the
+/// BTF-enabled programs would run: to compare the two, or to step around a verifier that
+/// misjudges them until a fix ships.
+pub const FORCE_CLASSIC_ENV: &str = "BINDSTO_CLASSIC_TRACEPOINTS";
+
+pub fn classic_forced() -> bool {
+    std::env::var_os(FORCE_CLASSIC_ENV).is_some_and(|v| v != "0")
+}
+
 /// Whether the probe (`block:<event>`) has a BTF-enabled program.
 pub fn has_btf_program(probe: &str) -> bool {
     probe

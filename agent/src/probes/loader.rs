@@ -88,9 +88,13 @@ impl AttachedProbes {
             format::read(tracefs, "block", "block_rq_error"),
             Ok(Some(_))
         );
-        let prepared = btf::read_vmlinux()
-            .and_then(|raw| btf_block::prepare(&raw, have_rq_error))
-            .map_err(|e| format!("no request layout from the kernel's BTF: {e}"));
+        let prepared = if btf_block::classic_forced() {
+            Err(format!("{} is set", btf_block::FORCE_CLASSIC_ENV))
+        } else {
+            btf::read_vmlinux()
+                .and_then(|raw| btf_block::prepare(&raw, have_rq_error))
+                .map_err(|e| format!("no request layout from the kernel's BTF: {e}"))
+        };
         let layout = prepared.as_ref().map(|p| p.layout).unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
             .override_global(RQ_LAYOUT_GLOBAL, &layout, true)
