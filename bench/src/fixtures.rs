@@ -70,22 +70,36 @@ impl Drop for BenchDir {
 pub struct RamLoop {
     dir: PathBuf,
     pub dev: String,
+    tmpfs: bool,
 }
 
 impl RamLoop {
     pub fn new(scratch: &Path) -> Result<Self> {
-        let dir = scratch.join("ram");
+        Self::make(scratch, true)
+    }
+
+    /// The same over a file on the disk the scratch directory is on (direct I/O to it, so
+    /// the page cache does not turn it into a RAM disk again).
+    pub fn on_disk(scratch: &Path) -> Result<Self> {
+        Self::make(scratch, false)
+    }
+
+    fn make(scratch: &Path, tmpfs: bool) -> Result<Self> {
+        let dir = scratch.join(if tmpfs { "ram" } else { "disk" });
         std::fs::create_dir_all(&dir)?;
-        let size = format!("size={}m", RAM_MB + 64);
-        let d = dir.to_string_lossy().into_owned();
-        run_cmd(
-            "mount",
-            &["-t", "tmpfs", "-o", &size, "bindsto-bench", &d],
-            Duration::from_secs(30),
-        )?;
+        if tmpfs {
+            let size = format!("size={}m", RAM_MB + 64);
+            let d = dir.to_string_lossy().into_owned();
+            run_cmd(
+                "mount",
+                &["-t", "tmpfs", "-o", &size, "bindsto-bench", &d],
+                Duration::from_secs(30),
+            )?;
+        }
         let mut r = RamLoop {
             dir,
             dev: String::new(),
+            tmpfs,
         };
         let img = r.dir.join("img");
         std::fs::File::create(&img)?.set_len(RAM_MB << 20)?;
@@ -98,7 +112,11 @@ impl RamLoop {
             Duration::from_secs(300),
         )?;
         let out = sh(
-            &format!("losetup --find --show {}", img.display()),
+            &format!(
+                "losetup --find --show {} {}",
+                if tmpfs { "" } else { "--direct-io=on" },
+                img.display()
+            ),
             Duration::from_secs(30),
         )?;
         r.dev = out
@@ -123,7 +141,10 @@ impl Drop for RamLoop {
         if !self.dev.is_empty() {
             let _ = Command::new("losetup").args(["-d", &self.dev]).status();
         }
-        let _ = Command::new("umount").arg(&self.dir).status();
+        if self.tmpfs {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -25,7 +25,7 @@ use anyhow::Result;
 use bindsto_tests::{agent::default_agent_bin, faulty::default_faultyfs_bin};
 
 use fixtures::{BenchDir, BpfStats, RamLoop};
-use measure::{REPS, detection, footprint, io_overhead, kernel_cost, overload};
+use measure::{REPS, detection, footprint, io_overhead, kernel_cost, overload, paired};
 
 fn main() -> ExitCode {
     match bench() {
@@ -64,6 +64,14 @@ fn bench() -> Result<()> {
     let cost = kernel_cost::kernel_cost(&bin, dir, &ram)?;
     eprintln!("bench: I/O overhead");
     let io = io_overhead::io_overhead(&bin, dir, &ram)?;
+    eprintln!("bench: paired I/O overhead");
+    let disk = RamLoop::on_disk(dir)?;
+    let pairs = paired::paired(
+        &bin,
+        dir,
+        &[("tmpfs loop", &ram), ("disk-file loop", &disk)],
+    )?;
+    drop(disk);
     eprintln!("bench: footprint");
     let fp = footprint::footprint_runs(&bin, dir, &ram, &faultyfs)?;
     drop(ram);
@@ -81,6 +89,7 @@ fn bench() -> Result<()> {
         others,
         cost,
         io,
+        pairs,
         fp,
         lat,
         ov,

@@ -7,6 +7,7 @@ pub mod footprint;
 pub mod io_overhead;
 pub mod kernel_cost;
 pub mod overload;
+pub mod paired;
 
 /// Repetitions of each fio run and GameDay scenario (medians are reported).
 pub const REPS: usize = 5;

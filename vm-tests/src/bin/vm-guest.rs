@@ -302,6 +302,26 @@ fn probe_state(s: &Value, probe: &str) -> Option<(String, String)> {
     })
 }
 
+/// The request programs must run as BTF-enabled tracepoints on every kernel of the fleet
+/// (all have BTF), and the bio programs must be attached once a dm device exists.
+fn block_programs_ok(s: &Value, dm: bool) -> Result<()> {
+    let probes = s["probes"].as_array().cloned().unwrap_or_default();
+    let find = |name: &str| probes.iter().find(|p| p["probe"] == name).cloned();
+    for name in ["block:block_rq_issue", "block:block_rq_complete"] {
+        let p = find(name).with_context(|| format!("{name} not in /status"))?;
+        if p["state"] != "attached" || p["via"] != "tp_btf" {
+            bail!("{name} is not a BTF-enabled program here: {p}");
+        }
+    }
+    if dm {
+        let p = find("block:block_bio_queue").context("block_bio_queue not in /status")?;
+        if p["state"] != "attached" {
+            bail!("a dm device exists but block_bio_queue is {p}");
+        }
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -385,6 +405,7 @@ fn ebs_detach() -> Result<String> {
     let mut dm = DmXfs::new()?;
     let dev = dm.dm_name()?;
     let agent = Agent::start(WATCH_DATA)?;
+    block_programs_ok(&status()?, true)?;
     dm.start_writer()?;
     std::thread::sleep(Duration::from_secs(2));
     wait_for(
@@ -428,6 +449,7 @@ fn ebs_stall() -> Result<String> {
     let mut dm = DmXfs::new()?;
     let dev = dm.dm_name()?;
     let agent = Agent::start(WATCH_DATA)?;
+    block_programs_ok(&status()?, true)?;
     dm.start_writer()?;
     std::thread::sleep(Duration::from_secs(2));
     let t0 = Instant::now();
@@ -455,7 +477,7 @@ fn ebs_stall() -> Result<String> {
     let rec = t1.elapsed();
     drop(agent);
     Ok(format!(
-        "latency_ms={} (threshold 3000 ms; {stall}; healthy {} ms after resume)",
+        "latency_ms={} (threshold 3000 ms; {stall}; requests by tp_btf, bios by block_bio_queue; healthy {} ms after resume)",
         ms(stall_at),
         ms(rec)
     ))
@@ -484,6 +506,8 @@ fn xfs_shutdown_510() -> Result<String> {
             "this kernel has xfs_force_shutdown ({tp_state}) / block_rq_error ({err_state}): not a 5.10 layout"
         );
     }
+    // Errors come from the BTF-enabled completion's errno argument here.
+    block_programs_ok(&s, true)?;
     let kprobe = state("kprobe:xfs_do_force_shutdown");
     if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() && kprobe != "attached"
     {
@@ -520,7 +544,7 @@ fn xfs_shutdown_510() -> Result<String> {
     drop(dm);
     drop(agent);
     Ok(format!(
-        "latency_ms={} (xfs_shutdown via {}; kprobe:xfs_do_force_shutdown {kprobe}; io_errors on vdb from block_rq_complete after {} ms: {errs})",
+        "latency_ms={} (xfs_shutdown via {}; kprobe:xfs_do_force_shutdown {kprobe}; io_errors on vdb from tp_btf/block_rq_complete after {} ms: {errs})",
         ms(shut),
         reasons,
         ms(errs_at)
