@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// Ramdisk size.
 const RAM_MB: u64 = 1024;
-/// How long the agent may take to come up (5,000 bind mounts are made before it starts).
+/// How long the agent may take to come up (10,000 bind mounts are made before it starts).
 const AGENT_READY: Duration = Duration::from_secs(120);
 
 /// `sh -c script` -> its output; fails unless it exits 0 within `timeout`.
