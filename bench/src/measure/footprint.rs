@@ -29,7 +29,9 @@ pub fn footprint_runs(
     let mut rows = Vec::new();
     // Idle, 1 s scans.
     {
+        let t0 = Instant::now();
         let agent = BenchAgent::start(bin, scratch, "idle", None)?;
+        let ready = t0.elapsed();
         // The start-up peak: the kernel's high-water mark of each process since exec.
         let pid = agent.pid();
         let helper = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -42,6 +44,15 @@ pub fn footprint_runs(
             ),
             None => "agent process only; no evidence reader found".into(),
         };
+        rows.push((
+            "ready".into(),
+            f64::NAN,
+            f64::NAN,
+            format!(
+                "{:.0} ms from exec to /healthz answering (programs attached)",
+                ready.as_secs_f64() * 1000.0
+            ),
+        ));
         rows.push((
             "peak at start (VmHWM)".into(),
             f64::NAN,
