@@ -13,7 +13,7 @@ use std::{collections::HashMap, io::Read};
 
 use aya::{Ebpf, EbpfLoader, programs::Iter};
 
-use crate::probes::btf;
+use crate::probes::{btf, btf_placeholder};
 
 /// The iterator object built by `build.rs` next to the main one.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stacks"));
@@ -57,8 +57,12 @@ impl StackIter {
         // SAFETY: malloc_trim has no memory arguments.
         unsafe { libc::malloc_trim(0) };
         // What `Iter::load` is given to find its attach point (see `btf::placeholder`).
-        let attach = btf::placeholder(&[(attach_id, btf::PLACEHOLDER_FUNC, "bpf_iter_task")])
-            .map_err(|e| format!("placeholder BTF: {e}"))?;
+        let attach = btf_placeholder::placeholder(&[(
+            attach_id,
+            btf_placeholder::PLACEHOLDER_FUNC,
+            "bpf_iter_task",
+        )])
+        .map_err(|e| format!("placeholder BTF: {e}"))?;
         let prog: &mut Iter = ebpf
             .program_mut(PROGRAM)
             .ok_or("the stack iterator is missing from its object")?

@@ -4,7 +4,7 @@
 //! few `struct request` ones, whose place depends on the kernel's version and config. aya
 //! parses BTF too, into some 20 MiB of its own types, and does not expose members; this
 //! walks the raw type section (a few milliseconds, no allocation per type) for what is
-//! asked only, and builds the stand-in aya needs to name an attach point ([`placeholder`]).
+//! asked only, and `btf_placeholder` builds the stand-in aya needs to name an attach point.
 
 use std::collections::HashMap;
 
@@ -37,14 +37,14 @@ pub enum BtfError {
     Shape(u32),
 }
 
-const MAGIC: u16 = 0xeb9f;
+pub(super) const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
-const KIND_TYPEDEF: u32 = 8;
-const KIND_FUNC: u32 = 12;
+pub(super) const KIND_TYPEDEF: u32 = 8;
+pub(super) const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_ENUM64: u32 = 19;
 /// Modifiers that only name or qualify another type: VOLATILE, CONST, RESTRICT, TYPE_TAG.
@@ -288,53 +288,6 @@ pub fn enum_values(btf: &[u8], name: &str) -> Result<HashMap<String, i64>, BtfEr
     })?;
     found.ok_or_else(|| BtfError::NoEnum(name.into()))
 }
-
-/// What aya's program loaders are given to find an attach point: they only look a name up
-/// (a FUNC for iterators, a TYPEDEF for `tp_btf`) and pass its id to the kernel, so empty
-/// records up to the kernel's own ids and the named ones there are enough; a few MiB for a
-/// moment, where aya's own parse of the kernel's BTF costs some 20 MiB, for the same numbers.
-pub fn placeholder(named: &[(u32, u32, &str)]) -> Result<aya::Btf, BtfError> {
-    let mut strings = vec![0u8];
-    let mut types = Vec::new();
-    let mut named: Vec<_> = named.to_vec();
-    named.sort_by_key(|n| n.0);
-    let mut next = 1;
-    for (id, kind, name) in named {
-        if id < next {
-            return Err(BtfError::Shape(id));
-        }
-        // Kind 0 records are what aya reads as unknown types, 12 bytes each.
-        types.resize(types.len() + 12 * (id - next) as usize, 0);
-        let name_off = strings.len() as u32;
-        strings.extend_from_slice(name.as_bytes());
-        strings.push(0);
-        // A FUNC's vlen is its linkage: global (1).
-        let vlen = u32::from(kind == KIND_FUNC);
-        for w in [name_off, (kind << 24) | vlen, 0] {
-            types.extend_from_slice(&w.to_le_bytes());
-        }
-        next = id + 1;
-    }
-    let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
-    blob.extend_from_slice(&MAGIC.to_le_bytes());
-    blob.extend_from_slice(&[1, 0]);
-    for w in [
-        24u32,
-        0,
-        types.len() as u32,
-        types.len() as u32,
-        strings.len() as u32,
-    ] {
-        blob.extend_from_slice(&w.to_le_bytes());
-    }
-    blob.extend_from_slice(&types);
-    blob.extend_from_slice(&strings);
-    aya::Btf::parse(&blob, aya::Endianness::Little).map_err(|_| BtfError::Header)
-}
-
-/// Kinds [`placeholder`] can stand in for.
-pub const PLACEHOLDER_FUNC: u32 = KIND_FUNC;
-pub const PLACEHOLDER_TYPEDEF: u32 = KIND_TYPEDEF;
 
 pub(crate) fn member(all: &HashMap<String, Members>, s: &str, m: &str) -> Result<u32, BtfError> {
     let members = all.get(s).ok_or_else(|| BtfError::NoStruct(s.into()))?;

@@ -9,7 +9,10 @@ use agent_ebpf::{
 };
 use aya::{Ebpf, programs::BtfTracePoint};
 
-use super::btf::{self, BtfError, PLACEHOLDER_TYPEDEF};
+use super::{
+    btf::{self, BtfError},
+    btf_placeholder::{PLACEHOLDER_TYPEDEF, placeholder},
+};
 
 /// The programs, by function name in `agent-ebpf`, and their events.
 pub const ISSUE: (&str, &str) = ("block_rq_issue_btf", "block_rq_issue");
@@ -108,7 +111,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTrac
 /// Loads and attaches the pair: the completion first, so that no request is recorded
 /// before something deletes it. On any error nothing stays attached.
 pub fn attach(ebpf: &mut Ebpf, p: &Prepared) -> Result<(), String> {
-    let names = btf::placeholder(&[
+    let names = placeholder(&[
         (
             p.issue_id,
             PLACEHOLDER_TYPEDEF,

@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod btf_block;
+pub mod btf_placeholder;
 pub mod dev;
 pub mod events;
 pub mod format;
