@@ -77,8 +77,10 @@ pub fn cost_section(d: &mut String, targets: &mut Vec<Target>, cost: &[CostRow])
         "BTF-enabled programs read `struct request` at constant offsets (no helper call, no \
          trace record), key the map by the request pointer, take the block layer's own \
          allocation stamp, and delete on completion without reading anything; what remains is \
-         the hash insert and delete, which any per-request age costs. The bio programs run only \
-         while a device-mapper device exists."
+         the preallocated hash's insert and delete (bucket lock, free list), most of the cost. \
+         The bio programs run only while a device-mapper device exists. Fix: a slot array \
+         indexed by the request's tag (array lookups are inlined by the verifier), the hash \
+         only for collisions."
             .into(),
     ));
     targets.push((
