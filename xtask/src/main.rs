@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Measure kernel cost, I/O overhead, detection latency, footprint and overload; write
-    /// docs/BENCHMARKS.md (root; installs fio and bpftrace; about 10 minutes).
+    /// docs/BENCHMARKS.md (root; installs fio and bpftrace; about 15 minutes).
     Bench,
     /// Install what the build and the tests need (apt packages, bpf-linker); no-op when present.
     Setup,
