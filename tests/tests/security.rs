@@ -204,7 +204,13 @@ fn http_is_read_only() {
         "dry_run = true\n[remediate]\nactions = []\nstate_dir = \"{}\"\n",
         state.path().display()
     );
-    let agent = Agent::start(&cfg);
+    let mut agent = Agent::start(&cfg);
+    // The remediation task publishes its status a moment after /healthz answers.
+    agent
+        .wait_for(Duration::from_secs(10), Duration::from_millis(20), |s| {
+            !s["remediation"]["dry_run"].is_null()
+        })
+        .expect("remediation status");
     let before = agent.status();
     let body = r#"{"dry_run": false, "healthy": false, "listen": "0.0.0.0:1"}"#;
     for path in ["/healthz", "/metrics", "/status"] {
@@ -375,11 +381,19 @@ fn state_dir_and_files_with_unsafe_permissions_are_refused() {
         "[remediate]\nactions = [\"exec\"]\nstate_dir = \"{}\"\n[remediate.exec]\ncommand = [\"/bin/true\"]\n",
         state.display()
     );
-    let problems = |agent: &Agent| agent.status()["remediation"]["problems"].to_string();
+    // The remediation task publishes its status a moment after /healthz answers.
+    let problems = |agent: &mut Agent| {
+        agent
+            .wait_for(Duration::from_secs(10), Duration::from_millis(20), |s| {
+                !s["remediation"]["dry_run"].is_null()
+            })
+            .expect("remediation status");
+        agent.status()["remediation"]["problems"].to_string()
+    };
 
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let agent = Agent::start(&cfg);
-    let p = problems(&agent);
+    let mut agent = Agent::start(&cfg);
+    let p = problems(&mut agent);
     assert!(
         p.contains("remediation unavailable")
             && p.contains("world-writable")
@@ -393,8 +407,8 @@ fn state_dir_and_files_with_unsafe_permissions_are_refused() {
     let history = state.join("incidents.json");
     std::fs::write(&history, "{\"incidents\": []}").unwrap();
     chown(&history, 4242);
-    let agent = Agent::start(&cfg);
-    let p = problems(&agent);
+    let mut agent = Agent::start(&cfg);
+    let p = problems(&mut agent);
     assert!(
         p.contains("owned by uid 4242") && p.contains("incidents.json"),
         "{p}"
@@ -403,8 +417,8 @@ fn state_dir_and_files_with_unsafe_permissions_are_refused() {
     drop(agent);
 
     chown(&history, 0);
-    let agent = Agent::start(&cfg);
-    let p = problems(&agent);
+    let mut agent = Agent::start(&cfg);
+    let p = problems(&mut agent);
     assert!(!p.contains("unavailable"), "{p}");
 }
 
