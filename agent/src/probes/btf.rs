@@ -37,7 +37,7 @@ pub enum BtfError {
     Shape(u32),
 }
 
-pub(super) const MAGIC: u16 = 0xeb9f;
+const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
@@ -289,6 +289,25 @@ pub fn enum_values(btf: &[u8], name: &str) -> Result<HashMap<String, i64>, BtfEr
     found.ok_or_else(|| BtfError::NoEnum(name.into()))
 }
 
+/// A BTF blob of the given type and string sections (version 1, little-endian).
+pub(super) fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + types.len() + strings.len());
+    b.extend_from_slice(&MAGIC.to_le_bytes());
+    b.extend_from_slice(&[1, 0]);
+    for w in [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b.extend_from_slice(types);
+    b.extend_from_slice(strings);
+    b
+}
+
 pub(crate) fn member(all: &HashMap<String, Members>, s: &str, m: &str) -> Result<u32, BtfError> {
     let members = all.get(s).ok_or_else(|| BtfError::NoStruct(s.into()))?;
     members
@@ -347,21 +366,7 @@ mod tests {
         rec(&[21, 1, 32]);
         rec(&[26, 1, 64]);
         rec(&[34, 12 << 24, 2]); // [4] FUNC bpf_iter_task of [2]
-        let mut btf = Vec::new();
-        btf.extend_from_slice(&MAGIC.to_le_bytes());
-        btf.extend_from_slice(&[1, 0]);
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            btf.extend_from_slice(&w.to_le_bytes());
-        }
-        btf.extend_from_slice(&types);
-        btf.extend_from_slice(&strings);
-        btf
+        blob(&types, &strings)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The stand-in BTF aya's program loaders are given to name an attach point.
 
-use super::btf::{BtfError, KIND_FUNC, KIND_TYPEDEF, MAGIC};
+use super::btf::{BtfError, KIND_FUNC, KIND_TYPEDEF, blob};
 
 /// What aya's program loaders are given to find an attach point: they only look a name up
 /// (a FUNC for iterators, a TYPEDEF for `tp_btf`) and pass its id to the kernel, so empty
@@ -28,20 +28,7 @@ pub fn placeholder(named: &[(u32, u32, &str)]) -> Result<aya::Btf, BtfError> {
         }
         next = id + 1;
     }
-    let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
-    blob.extend_from_slice(&MAGIC.to_le_bytes());
-    blob.extend_from_slice(&[1, 0]);
-    for w in [
-        24u32,
-        0,
-        types.len() as u32,
-        types.len() as u32,
-        strings.len() as u32,
-    ] {
-        blob.extend_from_slice(&w.to_le_bytes());
-    }
-    blob.extend_from_slice(&types);
-    blob.extend_from_slice(&strings);
+    let blob = blob(&types, &strings);
     aya::Btf::parse(&blob, aya::Endianness::Little).map_err(|_| BtfError::Header)
 }
 
