@@ -1,6 +1,6 @@
 //! The stack iterator: a BPF task iterator (`iter/task`, 5.8+) that prints, for every task in
 //! uninterruptible sleep, its ids, state, time since it last ran and its kernel stack with
-//! symbol names (`%pB`, resolved by the kernel itself).
+//! symbol names (`%pB`, resolved by the kernel itself), or the error of a failed walk.
 //!
 //! Its own object, loaded only by the evidence reader: reading a stack this way needs no
 //! `CAP_SYS_PTRACE` (which `/proc/<tid>/stack` of a root task does) and no `/proc/kallsyms`
@@ -36,6 +36,8 @@ mod iter {
 
     static HEAD: [u8; 23] = *b"T %llu %llu %llu %llu\n\0";
     static FRAME: [u8; 5] = *b"%pB\n\0";
+    /// A stack walk that failed, with the helper's error: the reader retries or says why.
+    static WALK_FAILED: [u8; 8] = *b"E %lld\n\0";
 
     /// One `bpf_seq_printf` of a NUL-terminated format from `.rodata` with u64 arguments.
     #[inline(always)]
@@ -105,6 +107,7 @@ mod iter {
             )
         };
         if got <= 0 {
+            print(seq, &WALK_FAILED, &[got as u64]);
             return;
         }
         let n = (got as usize) / 8;

@@ -17,6 +17,7 @@
 //! deadline and skips late answers by request id.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, Read, Write},
     process::{Command, Stdio},
     sync::{
@@ -36,6 +37,8 @@ pub const MAX_TIDS: usize = 64;
 /// Kernel log lines per request (the first and the newest are kept), and bytes per line.
 pub const MAX_KMSG_LINES: usize = 200;
 const MAX_KMSG_LINE: usize = 400;
+/// Iterator runs per request while a task it found asleep has no stack yet.
+const ITER_TRIES: usize = 3;
 /// Stack threads that may hang before the helper refuses stacks.
 const MAX_STUCK: usize = 4;
 /// The helper's own budget per request; the agent waits a little longer.
@@ -126,28 +129,41 @@ fn answer(
         ..Response::default()
     };
     let mut tids: Vec<u32> = req.tids.iter().copied().take(MAX_TIDS).collect();
+    let mut walk_failed: HashMap<u32, i64> = HashMap::new();
     if !tids.is_empty() {
         // The iterator first: it reads every D-state task without a per-task permission
         // check and takes no task lock; what it did not list (a task not in D state now)
         // is read from /proc below.
-        match iter.as_mut().map(super::stacks::StackIter::read) {
-            Ok(Ok(found)) => {
-                tids.retain(|tid| match found.get(tid) {
-                    Some(t) if !t.frames.is_empty() => {
-                        resp.stacks.push(StackRead {
-                            tid: *tid,
-                            frames: t.frames.clone(),
-                            error: None,
-                            source: Some("bpf_iter".into()),
-                            waited_seconds: t.waited_ns.map(|ns| ns as f64 / 1e9),
-                        });
-                        false
-                    }
-                    _ => true,
-                });
+        for _ in 0..ITER_TRIES {
+            match iter.as_mut().map(super::stacks::StackIter::read) {
+                Ok(Ok(found)) => {
+                    tids.retain(|tid| match found.get(tid) {
+                        Some(t) if !t.frames.is_empty() => {
+                            walk_failed.remove(tid);
+                            resp.stacks.push(StackRead {
+                                tid: *tid,
+                                frames: t.frames.clone(),
+                                error: None,
+                                source: Some("bpf_iter".into()),
+                                waited_seconds: t.waited_ns.map(|ns| ns as f64 / 1e9),
+                            });
+                            false
+                        }
+                        Some(t) => {
+                            walk_failed.insert(*tid, t.walk_error.unwrap_or(0));
+                            true
+                        }
+                        None => true,
+                    });
+                }
+                Ok(Err(e)) => resp.iter_error = Some(e),
+                Err(e) => resp.iter_error = Some(e.clone()),
             }
-            Ok(Err(e)) => resp.iter_error = Some(e),
-            Err(e) => resp.iter_error = Some(e.clone()),
+            // Again only for a task the iterator saw asleep but could not walk (the kernel's
+            // per-CPU stack buffer was busy): a task it did not list is not in D state.
+            if resp.iter_error.is_some() || !tids.iter().any(|t| walk_failed.contains_key(t)) {
+                break;
+            }
         }
     }
     if !tids.is_empty() {
@@ -156,7 +172,21 @@ fn answer(
                 "{MAX_STUCK} earlier stack reads have not returned (a task holds its exec lock); not reading more"
             ));
         } else {
-            resp.stacks.extend(read_stacks(tids, deadline, stuck));
+            let mut read = read_stacks(tids, deadline, stuck);
+            let iter_ran = resp.iter_error.is_none();
+            for s in &mut read {
+                let Some(e) = s.error.as_mut() else { continue };
+                if let Some(code) = walk_failed.get(&s.tid) {
+                    *e = format!(
+                        "the stack iterator found the task in uninterruptible sleep but could not walk its stack ({ITER_TRIES} tries, error {code}); {e}"
+                    );
+                } else if iter_ran {
+                    *e = format!(
+                        "the task is not in uninterruptible sleep (so the stack iterator skipped it); {e}"
+                    );
+                }
+            }
+            resp.stacks.extend(read);
         }
     }
     if let Some(since) = req.kmsg_since_us {
@@ -239,7 +269,7 @@ fn stack_error(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ESRCH) => "the task has exited".into(),
         Some(libc::EACCES | libc::EPERM) => format!(
-            "{e}: the task is not in uninterruptible sleep (so the stack iterator skipped it) and /proc/<tid>/stack of a task with capabilities the reader lacks (a root daemon, a kernel thread) needs CAP_SYS_PTRACE, which the unit's bounding set does not grant"
+            "{e}: /proc/<tid>/stack of a task with capabilities the reader lacks (a root daemon, a kernel thread) needs CAP_SYS_PTRACE, which the unit's bounding set does not grant"
         ),
         _ => e.to_string(),
     }

@@ -31,6 +31,8 @@ pub struct IterTask {
     /// Time since it last ran, nanoseconds; `None` where the kernel does not keep it.
     pub waited_ns: Option<u64>,
     pub frames: Vec<String>,
+    /// The kernel's error where walking the stack failed (`bpf_get_task_stack`, negative).
+    pub walk_error: Option<i64>,
 }
 
 /// The loaded iterator.
@@ -99,7 +101,8 @@ impl StackIter {
     }
 }
 
-/// `T <tid> <tgid> <state> <waited_ns>` followed by its frames, one per line.
+/// `T <tid> <tgid> <state> <waited_ns>` followed by its frames, one per line, or by
+/// `E <error>` where the walk failed.
 pub fn parse(text: &str) -> HashMap<u32, IterTask> {
     let mut out = HashMap::new();
     let mut current: Option<(u32, IterTask)> = None;
@@ -120,10 +123,16 @@ pub fn parse(text: &str) -> HashMap<u32, IterTask> {
                         state: state as u32,
                         waited_ns: (waited > 0).then_some(waited),
                         frames: Vec::new(),
+                        walk_error: None,
                     },
                 ));
             }
         } else if let Some((_, t)) = current.as_mut() {
+            if let Some(e) = line.strip_prefix("E ") {
+                // `%lld` of the helper's return value: a negative errno.
+                t.walk_error = e.trim().parse::<i64>().ok();
+                continue;
+            }
             let frame = line.trim();
             if !frame.is_empty() && t.frames.len() < super::helper::MAX_FRAMES {
                 t.frames.push(frame.to_owned());
@@ -143,7 +152,8 @@ mod tests {
     #[test]
     fn iterator_output_parses_by_task() {
         let text = "T 4242 4240 2 31000000000\nxfs_buf_lock+0x3c/0x120 [xfs]\n\
-                    __x64_sys_mount+0x1a/0x30\nT 7 7 1026 0\nT bad\nstray\n";
+                    __x64_sys_mount+0x1a/0x30\nT 7 7 1026 0\nT 9 9 2 5\nE -14\n\
+                    T bad\nstray\n";
         let got = parse(text);
         let t = &got[&4242];
         assert_eq!(t.tgid, 4240);
@@ -157,6 +167,9 @@ mod tests {
             got[&7].frames.is_empty(),
             "a malformed head ends the task before it"
         );
-        assert_eq!(got.len(), 2);
+        assert_eq!(got[&9].walk_error, Some(-14), "EFAULT");
+        assert!(got[&9].frames.is_empty());
+        assert_eq!(got[&4242].walk_error, None);
+        assert_eq!(got.len(), 3);
     }
 }

@@ -25,6 +25,9 @@ pub const CANARY_EVERY: Duration = Duration::from_secs(1);
 /// The mount check's timeout, which the canary shares.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a scenario keeps its fault for the agent's evidence capture.
+const EVIDENCE_WAIT: Duration = Duration::from_secs(5);
+
 /// True if an agent answers `/status` at `addr`.
 pub fn agent_at(addr: SocketAddr) -> bool {
     matches!(
@@ -98,6 +101,39 @@ impl Observer {
             }
             std::thread::sleep(self.poll_interval());
         }
+    }
+}
+
+impl Observer {
+    /// Before a scenario releases its fault: waits, up to [`EVIDENCE_WAIT`], until the agent
+    /// has written the evidence of an incident opened since `since`, so the bundle shows the
+    /// fault (the hung task's stack, the parked requests) and not its recovery. Returns at
+    /// once when the agent runs no remedy task; an agent that opens no incident (the target is
+    /// not critical) costs the wait.
+    pub fn await_evidence(&self, since: SystemTime) -> Result<(), GamedayError> {
+        let since_ms = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut absent = false;
+        self.wait_for(EVIDENCE_WAIT, |s| {
+            let Some(incidents) = s["remediation"]["incidents"].as_array() else {
+                absent = true;
+                return true;
+            };
+            incidents.iter().any(|i| {
+                let opened_ms = i["id"]
+                    .as_str()
+                    .and_then(|id| id.split('-').next())
+                    .and_then(|ms| ms.parse::<u128>().ok());
+                opened_ms.is_some_and(|ms| ms >= since_ms)
+                    && i["closed_at"].is_null()
+                    && i["evidence"].is_string()
+            })
+        })?;
+        if absent {
+            tracing::debug!("no remediation report; the fault is released without waiting");
+        }
+        Ok(())
     }
 }
 

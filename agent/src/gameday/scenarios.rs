@@ -5,7 +5,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{
@@ -303,11 +303,13 @@ fn after_threshold(obs: &Observer, took: Duration, threshold: Duration) -> (bool
 
 fn disk_stall(ctx: &Ctx) -> Result<Run, GamedayError> {
     const EXPECTED: &str = "device failed: io_stall";
+    let started = SystemTime::now();
     let (mut scratch, obs) = mounted(ctx, false)?;
     let Some(took) = stall(ctx, &mut scratch, &obs)? else {
         return Ok(missed(EXPECTED, "no io_stall in time".into()));
     };
     let (passed, note) = after_threshold(&obs, took, STALL_AFTER);
+    obs.await_evidence(started)?;
     scratch.set_mode(Mode::Pass);
     scratch.wait_background(Duration::from_secs(20));
     Ok(Run {
@@ -323,6 +325,7 @@ fn disk_stall(ctx: &Ctx) -> Result<Run, GamedayError> {
 /// `mount -t xfs` of a hung disk blocks inside mount(2).
 fn mount_hang(ctx: &Ctx) -> Result<Run, GamedayError> {
     const EXPECTED: &str = "blocked mount call listed";
+    let started = SystemTime::now();
     let mut scratch = Scratch::new(&ctx.workdir)?;
     scratch.mkfs()?;
     let obs = ctx.observer(&scratch, false, false)?;
@@ -358,6 +361,7 @@ fn mount_hang(ctx: &Ctx) -> Result<Run, GamedayError> {
     let took = at.duration_since(t0);
     let (passed, note) = after_threshold(&obs, took, BLOCKED_AFTER);
     let subsystem = state(&s, "subsystem", "mount");
+    obs.await_evidence(started)?;
     // Release the disk: the mount completes and the call leaves the list.
     scratch.set_mode(Mode::Pass);
     scratch.wait_background(Duration::from_secs(20));
