@@ -11,7 +11,8 @@
 //! and writes only under the state directory on the root filesystem (under a timeout).
 //!
 //! `task` (the run loop) drives the `ladder` (the incident state machine), which runs `steps`,
-//! keeps `incident`s in the `store`, asks the `fleet` gate, and publishes the `report`;
+//! keeps `incident`s in the `store`, asks the `fleet` gate, and `record`s each change (the
+//! store on disk, the `report`, `/healthz`'s hold, the metrics);
 //! `identity` says who this host is; `evidence` has each incident's bundle captured (every
 //! incident opens one, with or without actions). May use `config`, `topology`, `health`,
 //! `publish`, `evidence` and `api::client`; `publish` shows the report as JSON and knows none
@@ -24,6 +25,7 @@ mod hold;
 pub mod identity;
 pub mod incident;
 pub mod ladder;
+mod record;
 pub mod report;
 pub mod steps;
 pub mod store;
