@@ -381,5 +381,4 @@ impl Ladder {
 }
 
 #[cfg(test)]
-#[path = "ladder_tests.rs"]
 pub(super) mod tests;

@@ -1,6 +1,6 @@
 //! The ladder's tests: the incident state machine and its rails, on synthetic statuses and a
-//! real state dir. The only action is `exec` (a real process); the AWS and systemd actions are exercised by
-//! tests/tests/remediate.rs (moto) and the systemd client's tests.
+//! real state dir. The only action is `exec` (a real process); the AWS and systemd actions are
+//! exercised by tests/tests/remediate.rs (moto) and the systemd client's tests.
 
 use std::path::Path;
 use std::time::Duration;
