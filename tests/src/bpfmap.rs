@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, bail};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -75,6 +76,19 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     }
 }
 
+/// The head of `union bpf_attr` for `BPF_MAP_CREATE`.
+#[repr(C)]
+#[derive(Default)]
+struct CreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
 /// A BPF map opened by id (a reference of our own; the agent keeps its own).
 pub struct BpfMap {
     fd: OwnedFd,
@@ -107,6 +121,44 @@ impl BpfMap {
             }
         }
         bail!("process {pid} holds no BPF map named {name}")
+    }
+
+    /// A new hash map of this process's own (freed when the last descriptor closes).
+    pub fn create_hash(
+        key_size: usize,
+        value_size: usize,
+        max_entries: u32,
+    ) -> anyhow::Result<BpfMap> {
+        let mut a = CreateAttr {
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size: key_size as u32,
+            value_size: value_size as u32,
+            max_entries,
+            map_flags: 0,
+        };
+        let raw = bpf(BPF_MAP_CREATE, &mut a).context("BPF_MAP_CREATE")?;
+        // SAFETY: the syscall returned a new file descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let mut info = MapInfo::default();
+        let mut a = InfoAttr {
+            bpf_fd: fd.as_raw_fd() as u32,
+            info_len: std::mem::size_of::<MapInfo>() as u32,
+            info: &mut info as *mut MapInfo as u64,
+        };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("BPF_OBJ_GET_INFO_BY_FD")?;
+        Ok(BpfMap {
+            fd,
+            id: info.id,
+            name: String::new(),
+            key_size,
+            value_size,
+            max_entries,
+        })
+    }
+
+    /// A second descriptor of the map.
+    pub fn dup_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
     }
 
     pub fn by_id(id: u32) -> anyhow::Result<BpfMap> {

@@ -1,5 +1,6 @@
 //! Loading and attaching the kernel programs, and the tracefs layouts they depend on.
 
+pub mod batch;
 pub mod btf;
 pub mod btf_block;
 pub mod btf_placeholder;

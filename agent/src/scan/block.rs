@@ -14,7 +14,10 @@ use aya::maps::{HashMap, MapData};
 use tracing::debug;
 
 use super::{bio::BioInflight, monotonic_ns};
-use crate::{probes::dev::DevId, topology::Sysfs};
+use crate::{
+    probes::{batch, dev::DevId},
+    topology::Sysfs,
+};
 
 /// What the request map says about one whole disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,14 +29,14 @@ pub struct MapInflight {
 /// Groups the request map by disk.
 pub fn block_inflight(map: &HashMap<MapData, u64, Request>) -> BTreeMap<DevId, MapInflight> {
     let mut out: BTreeMap<DevId, MapInflight> = BTreeMap::new();
-    for (_, val) in map.iter().flatten() {
+    batch::for_each(map, |_, val| {
         let e = out.entry(DevId::from_kernel(val.dev)).or_default();
         e.requests += u64::from(val.count.max(1));
         e.oldest_start_ns = Some(
             e.oldest_start_ns
                 .map_or(val.start_ns, |o| o.min(val.start_ns)),
         );
-    }
+    });
     out
 }
 
@@ -44,15 +47,15 @@ pub fn forget_leaked(
     map: &mut HashMap<MapData, u64, Request>,
     idle: &BTreeMap<DevId, u64>,
 ) -> BTreeMap<DevId, usize> {
-    let stale: Vec<(u64, u32)> = map
-        .iter()
-        .flatten()
-        .filter(|(_, v)| {
-            idle.get(&DevId::from_kernel(v.dev))
-                .is_some_and(|&before_ns| v.start_ns < before_ns)
-        })
-        .map(|(k, v)| (k, v.dev))
-        .collect();
+    let mut stale: Vec<(u64, u32)> = Vec::new();
+    batch::for_each(map, |k, v| {
+        if idle
+            .get(&DevId::from_kernel(v.dev))
+            .is_some_and(|&before_ns| v.start_ns < before_ns)
+        {
+            stale.push((k, v.dev));
+        }
+    });
     let mut dropped = BTreeMap::new();
     for (_, dev) in stale.iter().filter(|(k, _)| map.remove(k).is_ok()) {
         *dropped.entry(DevId::from_kernel(*dev)).or_insert(0) += 1;
