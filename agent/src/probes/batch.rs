@@ -71,6 +71,13 @@ pub fn for_each<K: aya::Pod, V: aya::Pod>(
     Read::PerEntry
 }
 
+/// Every entry of `map`, read as [`for_each`] does.
+pub fn collect<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+    let mut out = Vec::new();
+    for_each(map, |k, v| out.push((k, v)));
+    out
+}
+
 enum Refused {
     /// Before any entry was handed out: the iterator can take over.
     Before(std::io::Error),

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 use agent_ebpf::{BioDone, RqKey, RqVal};
 use aya::maps::{HashMap, MapData};
 
-use crate::probes::dev::DevId;
+use crate::probes::{batch, dev::DevId};
 
 /// What the bio map says about one device after dropping leaked entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub fn scan(
         .filter(|d| !cached(DevId::from_kernel(*d)))
         .collect();
     let mut pruned = gone_done.iter().filter(|d| done.remove(d).is_ok()).count();
-    let entries: Vec<(RqKey, RqVal)> = inflight.iter().flatten().collect();
+    let entries: Vec<(RqKey, RqVal)> = batch::collect(inflight);
     if entries.is_empty() {
         return BioVerdict {
             devices: BTreeMap::new(),

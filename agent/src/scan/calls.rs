@@ -7,6 +7,8 @@ use std::time::Duration;
 use agent_ebpf::{MountCall, Syscall};
 use aya::maps::{HashMap, MapData};
 
+use crate::probes::batch;
+
 /// A mount-family syscall in flight, decoded from the map.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InflightCall {
@@ -47,7 +49,7 @@ pub fn mount_calls(
 ) -> (Vec<InflightCall>, usize) {
     let mut calls = Vec::new();
     let mut dead = Vec::new();
-    for (key, call) in map.iter().flatten() {
+    for (key, call) in batch::collect(map) {
         let c = decode_call(key, &call, now_ns);
         let alive = std::path::Path::new(&format!("/proc/{}/task/{}", c.tgid, c.tid)).exists();
         if alive {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use agent_ebpf::{RpcKey, RqVal};
 use aya::maps::{HashMap, MapData};
 
-use crate::config::Detect;
+use crate::{config::Detect, probes::batch};
 
 /// What the RPC task map holds now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub fn summarize(entries: impl IntoIterator<Item = (RpcKey, RqVal)>, now_ns: u64
 }
 
 pub fn oldest(map: &HashMap<MapData, RpcKey, RqVal>, now_ns: u64) -> RpcInflight {
-    summarize(map.iter().flatten(), now_ns)
+    summarize(batch::collect(map), now_ns)
 }
 
 /// Keys of entries that lost their end event (an end the agent missed while it was not
@@ -75,7 +75,7 @@ pub fn forget_leaked(
     if answered_since_ns.is_none() {
         return 0;
     }
-    let stale = leaked(map.iter().flatten(), answered_since_ns, now_ns, leak_after);
+    let stale = leaked(batch::collect(map), answered_since_ns, now_ns, leak_after);
     stale.iter().filter(|k| map.remove(k).is_ok()).count()
 }
 
