@@ -1,5 +1,6 @@
 //! Builds the kernel programs in `agent-ebpf` for the BPF target and leaves the object in
-//! `$OUT_DIR/bindsto`, where `src/probes/loader.rs` embeds it.
+//! `$OUT_DIR/bindsto` (and the stack iterator in `$OUT_DIR/stacks`), where
+//! `src/probes/loader.rs` (and `src/evidence/stacks.rs`) embed them.
 //!
 //! The BPF target needs `core` built from source. The machines this project builds on have no
 //! nightly rustup toolchain but Debian's rustc-web (1.96, with rust-web-src) under /usr, so the
@@ -12,10 +13,13 @@ fn main() -> anyhow::Result<()> {
     let skip = matches!(env::var("AYA_BUILD_SKIP").as_deref(), Ok("1" | "true"));
     if skip {
         // Tools that only need the userspace types (clippy on a machine without bpf-linker):
-        // an empty object; loading it fails with a clear error at run time.
-        let obj = out.join("bindsto");
-        if !obj.exists() {
-            fs::write(obj, [])?;
+        // empty objects (the programs and the stack iterator); loading either fails with a
+        // clear error at run time.
+        for name in ["bindsto", "stacks"] {
+            let obj = out.join(name);
+            if !obj.exists() {
+                fs::write(obj, [])?;
+            }
         }
         return Ok(());
     }
